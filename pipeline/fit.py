@@ -1,0 +1,194 @@
+"""The DIP fit loop: fit θ so that A(f_θ(z)) matches the observation y, and stop early.
+
+``fit`` is the whole algorithm in one function, top to bottom, with numbered steps.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .early_stop import EarlyStopConfig, MovingVariance
+from .metrics import psnr
+from .nets import crop_center
+from .operators import FeatureInversion, Operator
+
+
+class FitDiverged(RuntimeError):
+    """The loss became NaN/inf, or backtracking could not recover the fit."""
+
+
+@dataclass(frozen=True)
+class FitConfig:
+    iterations: int = 3000
+    lr: float = 0.01
+    reg_noise_std: float = 0.0  # std of the fresh noise added to z at every iteration
+    ema: float | None = None  # output moving average factor (the paper: 0.99), None = off
+    backtrack: bool = False  # restore the last good weights when the loss jumps
+    backtrack_drop_db: float = 5.0  # a jump = PSNR against y falls by more than this
+    max_backtracks: int = 50
+    check_every: int = 100  # iterations between checks: history, backtracking, early stop
+    early_stop: EarlyStopConfig | None = None
+
+    def __post_init__(self):
+        if self.iterations < 1:
+            raise ValueError(f"iterations must be >= 1, got {self.iterations!r}")
+        if not self.lr > 0:
+            raise ValueError(f"lr (learning rate) must be > 0, got {self.lr!r}")
+        if not self.reg_noise_std >= 0:
+            raise ValueError(f"reg_noise_std must be >= 0, got {self.reg_noise_std!r}")
+        if self.ema is not None and not 0 < self.ema < 1:
+            raise ValueError(f"ema must be in (0, 1) or None, got {self.ema!r}")
+        if self.check_every < 1:
+            raise ValueError(f"check_every must be >= 1, got {self.check_every!r}")
+
+
+@dataclass
+class FitResult:
+    image: Tensor  # [1, C, H, W] in [0, 1], on the CPU, float32
+    best_iteration: int  # the iteration whose output is returned
+    iterations: int  # iterations actually run
+    stopped_early: bool
+    backtracks: int
+    seconds: float
+    history: list[dict] = field(default_factory=list)  # one entry every check_every iterations
+
+    @property
+    def iterations_per_second(self) -> float:
+        return self.iterations / self.seconds if self.seconds > 0 else float("nan")
+
+
+def fit(
+    net: nn.Module,
+    net_input: Tensor,
+    operator: Operator,
+    observation: Tensor,
+    config: FitConfig,
+    *,
+    reference: Tensor | None = None,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> FitResult:
+    """Fit ``net`` so that ``operator(net(net_input))`` matches ``observation``.
+
+    net_input: z, [1, Cz, H', W'] on the network's grid (H', W' >= the image size).
+    observation: y, [1, C, h, w] in [0, 1] (or a feature map for feature inversion).
+    reference: the clean image [1, C, H, W] in [0, 1], only for reporting PSNR.
+    The network's output is cropped (centred) to ``operator.image_size(h, w)``.
+    """
+    # 1. Put everything on the device; z and its jitter are seeded.
+    started = time.perf_counter()
+    net = net.to(device=device, dtype=dtype).train()
+    operator = operator.to(device=device, dtype=dtype)
+    z = net_input.to(device=device, dtype=dtype)
+    y = observation.to(device=device, dtype=dtype)
+    ref = reference.to(device=device, dtype=torch.float32) if reference is not None else None
+    height, width = operator.image_size(*y.shape[-2:])
+    generator = torch.Generator(device=z.device).manual_seed(seed)
+    jitter = torch.empty_like(z)
+    optimizer = torch.optim.Adam(net.parameters(), lr=config.lr)
+    stopper = MovingVariance(config.early_stop) if config.early_stop else None
+    observation_is_image = not isinstance(operator, FeatureInversion)
+
+    ema: Tensor | None = None
+    checkpoint = _snapshot(net, optimizer, ema)
+    last_good_loss = math.inf
+    jump = 10 ** (config.backtrack_drop_db / 10)
+    backtracks, stopped_early, history = 0, False, []
+
+    i = 0
+    while i < config.iterations:
+        i += 1
+        # 2. Jitter the input (reg_noise_std) so that the net cannot memorise one z.
+        z_i = z
+        if config.reg_noise_std > 0:
+            z_i = z + jitter.normal_(generator=generator) * config.reg_noise_std
+
+        # 3. Forward: x = f(z) on the grid, cropped to the image; loss = ‖A(x) − y‖².
+        x = crop_center(net(z_i), height, width)  # [1, C, H, W]
+        loss = F.mse_loss(operator(x).float(), y.float())
+
+        # 4. Every check_every iterations: one host sync for the loss.
+        if i % config.check_every == 0 or i == config.iterations:
+            loss_value = loss.item()
+            bad = not math.isfinite(loss_value) or loss_value > last_good_loss * jump
+            if bad and not config.backtrack:
+                raise FitDiverged(f"loss became {loss_value} at iteration {i}; try backtracking or a lower lr")
+            if bad:
+                # Backtrack: restore weights, optimizer state and EMA; do not apply this step.
+                backtracks += 1
+                if backtracks > config.max_backtracks:
+                    raise FitDiverged(f"gave up after {config.max_backtracks} backtracks at iteration {i}")
+                ema = _restore(net, optimizer, checkpoint)
+                with torch.no_grad():
+                    candidate = ema if ema is not None else crop_center(net(z), height, width).float()
+                continue
+            last_good_loss = loss_value
+            if config.backtrack:
+                checkpoint = _snapshot(net, optimizer, ema)
+
+        # 5. Step.
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+        # 6. Output moving average and the early-stopping detector (all on the device).
+        with torch.no_grad():
+            x = x.detach().float()
+            if config.ema is not None:
+                ema = x.clone() if ema is None else ema.mul_(config.ema).add_(x, alpha=1 - config.ema)
+            candidate = ema if ema is not None else x
+            if stopper is not None:
+                stopper.update(x, candidate, i)
+
+        # 7. History, and the early-stopping decision, at the check cadence.
+        if i % config.check_every == 0 or i == config.iterations:
+            with torch.no_grad():
+                entry = {"iteration": i, "loss": loss_value, "seconds": time.perf_counter() - started}
+                if observation_is_image:
+                    entry["psnr_observation"] = psnr(operator(candidate.to(dtype)).float(), y.float())
+                if ref is not None:
+                    entry["psnr_reference"] = psnr(candidate, ref)
+                history.append(entry)
+            if stopper is not None and stopper.should_stop():
+                stopped_early = True
+                break
+
+    # 8. The result: the output at the variance minimum when early stopping, else the last one.
+    if stopper is not None and stopper.best_image is not None:
+        image, best_iteration = stopper.best_image, int(stopper.best_iteration)
+    else:
+        image, best_iteration = candidate, i
+    image = image.detach().float().cpu()
+    if not torch.isfinite(image).all():
+        raise FitDiverged("the fitted image has NaN or inf values")
+    return FitResult(
+        image=image.clamp(0, 1),
+        best_iteration=best_iteration,
+        iterations=i,
+        stopped_early=stopped_early,
+        backtracks=backtracks,
+        seconds=time.perf_counter() - started,
+        history=history,
+    )
+
+
+def _snapshot(net: nn.Module, optimizer: torch.optim.Optimizer, ema: Tensor | None) -> dict:
+    return {
+        "net": {k: v.detach().clone() for k, v in net.state_dict().items()},
+        "optimizer": copy.deepcopy(optimizer.state_dict()),
+        "ema": None if ema is None else ema.clone(),
+    }
+
+
+def _restore(net: nn.Module, optimizer: torch.optim.Optimizer, checkpoint: dict) -> Tensor | None:
+    net.load_state_dict(checkpoint["net"])
+    optimizer.load_state_dict(copy.deepcopy(checkpoint["optimizer"]))
+    return None if checkpoint["ema"] is None else checkpoint["ema"].clone()

@@ -1,0 +1,231 @@
+"""One image, one task: choose the operator, network and input, fit, and score.
+
+This is what ``dip restore`` and the batch job call. It takes decoded pictures
+(``pipeline.images.Picture``) and returns one; reading and writing them is the caller's job.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .baselines import degraded_input
+from .features import feature_extractor
+from .fit import FitResult, fit
+from .images import Picture, to_uint8
+from .metrics import psnr, psnr_y, ssim
+from .nets import build_net, grid_size, make_input
+from .operators import (
+    Denoise, FeatureInversion, Inpainting, JpegArtifacts, Operator, SuperResolution,
+    bernoulli_mask, parse_degradation,
+)
+from .presets import TASKS, Preset, get_preset
+
+
+@dataclass(frozen=True)
+class Options:
+    """The fit options of ``dip restore``; a manifest row's ``params`` use the same names."""
+
+    task: str = "denoise"
+    preset: str | None = None  # None = the task's paper preset
+    iterations: int | None = None  # None = the preset's
+    early_stop: bool | None = None  # None = the preset's (off in every paper preset)
+    seed: int = 0
+    device: str = "cpu"
+    scale: int | None = None  # super-resolution factor
+    arch: str = "alexnet"  # feature inversion: network and layer
+    layer: str = "conv5"
+    weights: str | None = None  # feature inversion: state-dict file (None = torchvision's cache)
+
+    def __post_init__(self):
+        if self.task not in TASKS:
+            raise ValueError(f"unknown task {self.task!r}; expected one of {', '.join(TASKS)}")
+        if self.task == "sr" and self.scale is None:
+            raise ValueError("task 'sr' needs a scale (2, 4, 8)")
+        get_preset(self.task, self.preset, scale=self.scale)  # raises on an unknown preset
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "Options":
+        """Options from a dict of option names; unknown names raise ValueError naming them."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown option(s) {', '.join(map(repr, unknown))}; known: {', '.join(sorted(known))}")
+        return cls(**values)
+
+    def resolve(self) -> Preset:
+        preset = get_preset(self.task, self.preset, scale=self.scale)
+        return preset.with_overrides(iterations=self.iterations, early_stop=self.early_stop)
+
+
+@dataclass
+class Restoration:
+    picture: Picture  # the restored image, alpha carried through, at the input's bit depth
+    fit: FitResult
+    preset: Preset
+    metrics: dict  # psnr, ssim, psnr_y (sr), psnr_input: dB / [0, 1]; None without a reference
+
+    def summary(self) -> dict:
+        """Metrics and timings as plain JSON-able values."""
+        return {
+            "task": self.preset.task,
+            "preset": self.preset.name,
+            **self.metrics,
+            "iterations": self.fit.iterations,
+            "best_iteration": self.fit.best_iteration,
+            "stopped_early": self.fit.stopped_early,
+            "backtracks": self.fit.backtracks,
+            "seconds": round(self.fit.seconds, 3),
+            "iterations_per_second": round(self.fit.iterations_per_second, 2),
+            "width": self.picture.width,
+            "height": self.picture.height,
+        }
+
+
+def restore(
+    observed: Picture,
+    options: Options,
+    *,
+    mask: Picture | None = None,
+    reference: Picture | None = None,
+    guide: Picture | None = None,
+) -> Restoration:
+    """Restore ``observed`` with DIP. ``mask`` (inpaint, white = known), ``guide`` (flash: the
+    flash image) and ``reference`` (the clean image, only for scoring) as the task needs."""
+    preset = options.resolve()
+    y = observed.pixels  # [1, C, h, w] in [0, 1]
+
+    # 1. The forward operator, and the observation in its space.
+    operator = build_operator(options, observed, mask)
+    height, width = operator.image_size(*y.shape[-2:])
+    if isinstance(operator, FeatureInversion):
+        reference = reference or observed
+        y = operator.degrade(observed.pixels, torch.Generator())
+
+    # 2. The network input z on the network's grid, and the network (both seeded).
+    grid = grid_size(height, width, preset.net.depth)
+    if preset.input_kind == "image":
+        z = _guide_input(guide, height, width, grid)
+    else:
+        generator = torch.Generator().manual_seed(options.seed)
+        z = make_input(preset.input_kind, preset.input_channels, *grid, generator)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(options.seed)
+        net = build_net(replace(preset.net, in_channels=z.shape[1], out_channels=observed.channels))
+
+    # 3. Fit.
+    ref = _check_reference(reference, observed.channels, height, width)
+    result = fit(net, z, operator, y, preset.fit, reference=ref, seed=options.seed, device=options.device)
+
+    # 4. Score against the reference, carry alpha through.
+    metrics = score(options.task, result.image, ref, degraded_input(operator, y.cpu()) if options.task in
+                    ("denoise", "sr", "inpaint", "jpeg") else None)
+    alpha = observed.alpha
+    if alpha is not None and alpha.shape[-2:] != (height, width):
+        alpha = F.interpolate(alpha, size=(height, width), mode="bicubic", align_corners=False).clamp(0, 1)
+    picture = Picture(pixels=result.image, alpha=alpha, bit_depth=observed.bit_depth)
+    return Restoration(picture=picture, fit=result, preset=preset, metrics=metrics)
+
+
+def build_operator(options: Options, observed: Picture, mask: Picture | None) -> Operator:
+    task, c, h, w = options.task, observed.channels, observed.height, observed.width
+    if task == "denoise":
+        return Denoise()
+    if task == "jpeg":
+        return JpegArtifacts()
+    if task == "flash":
+        return Operator()
+    if task == "sr":
+        return SuperResolution(options.scale, channels=c)
+    if task == "inpaint":
+        if mask is None:
+            raise ValueError("task 'inpaint' needs a mask (white = known pixel)")
+        if (mask.height, mask.width) != (h, w):
+            raise ValueError(f"mask is {mask.width}x{mask.height} but the image is {w}x{h}")
+        return Inpainting(mask.pixels.mean(dim=1, keepdim=True))
+    if task == "invert":
+        if c != 3:
+            raise ValueError(f"feature inversion needs an RGB image, got {c} channel(s)")
+        return FeatureInversion(feature_extractor(options.arch, options.layer, options.weights), h, w)
+    raise ValueError(f"unknown task {task!r}")
+
+
+def score(task: str, restored: Tensor, reference: Tensor | None, degraded: Tensor | None) -> dict:
+    """PSNR (RGB, [0, 1]), SSIM, the paper's Y-channel PSNR for super-resolution, and the PSNR
+    of the degraded input brought to image space; all None without a reference."""
+    metrics = {"psnr": None, "ssim": None, "psnr_y": None, "psnr_input": None}
+    if reference is None:
+        return metrics
+    metrics["psnr"] = psnr(restored, reference)
+    metrics["ssim"] = ssim(restored, reference)
+    if task == "sr" and restored.shape[1] == 3:
+        metrics["psnr_y"] = psnr_y(to_uint8(restored), to_uint8(reference))
+    if degraded is not None:
+        metrics["psnr_input"] = psnr(degraded, reference)
+    return metrics
+
+
+@dataclass
+class Synthetic:
+    """A degraded observation made from a clean image, ready for ``restore``."""
+
+    observed: Picture
+    reference: Picture
+    task: str
+    mask: Picture | None = None
+    scale: int | None = None
+
+
+def synthesize(clean: Picture, spec: str, seed: int) -> Synthetic:
+    """Degrade ``clean`` by a spec (``noise:25``, ``downsample:4``, ``mask:bernoulli:0.5``,
+    ``jpeg:10``) with a generator seeded by ``seed``. For ``downsample`` the clean image is
+    cropped (top-left) to a multiple of the scale first."""
+    kind, value = parse_degradation(spec)
+    generator = torch.Generator().manual_seed(seed)
+    x = clean.pixels
+    if kind == "noise":
+        return Synthetic(_like(clean, Denoise(value).degrade(x, generator)), clean, "denoise")
+    if kind == "jpeg":
+        return Synthetic(_like(clean, JpegArtifacts(int(value)).degrade(x, generator)), clean, "jpeg")
+    if kind == "downsample":
+        s = int(value)
+        h, w = clean.height // s * s, clean.width // s * s
+        if h == 0 or w == 0:
+            raise ValueError(f"image {clean.width}x{clean.height} is smaller than the scale {s}")
+        crop = Picture(pixels=x[..., :h, :w], alpha=None, bit_depth=clean.bit_depth)
+        low = SuperResolution(s, x.shape[1]).degrade(crop.pixels, generator)
+        return Synthetic(_like(clean, low), crop, "sr", scale=s)
+    mask = bernoulli_mask(clean.height, clean.width, value, generator)
+    observed = Inpainting(mask).degrade(x, generator)
+    return Synthetic(_like(clean, observed), clean, "inpaint", mask=Picture(pixels=mask, alpha=None, bit_depth=8))
+
+
+def _like(clean: Picture, pixels: Tensor) -> Picture:
+    return Picture(pixels=pixels, alpha=None, bit_depth=clean.bit_depth)
+
+
+def _check_reference(reference: Picture | None, channels: int, height: int, width: int) -> Tensor | None:
+    if reference is None:
+        return None
+    if (reference.height, reference.width) != (height, width):
+        raise ValueError(
+            f"reference is {reference.width}x{reference.height} but the restored image is {width}x{height}"
+        )
+    pixels = reference.pixels
+    if pixels.shape[1] != channels:
+        pixels = pixels.mean(dim=1, keepdim=True) if channels == 1 else pixels.expand(-1, channels, -1, -1)
+    return pixels
+
+
+def _guide_input(guide: Picture | None, height: int, width: int, grid: tuple[int, int]) -> Tensor:
+    """The flash image as the network input, replicate-padded (centred) to the grid."""
+    if guide is None:
+        raise ValueError("task 'flash' needs the flash image as guide")
+    if (guide.height, guide.width) != (height, width):
+        raise ValueError(f"guide is {guide.width}x{guide.height} but the image is {width}x{height}")
+    top, left = (grid[0] - height) // 2, (grid[1] - width) // 2
+    pad = (left, grid[1] - width - left, top, grid[0] - height - top)
+    return F.pad(guide.pixels, pad, mode="replicate")
