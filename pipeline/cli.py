@@ -8,23 +8,11 @@ import sys
 import click
 
 from . import storage
-from .images import ImageError, decode, encode_png
-from .presets import PRESET_NAMES, TASKS
+from .images import ImageError, encode_png
+from .cli_run import FIT_OPTIONS, parse_json_object, register, with_options
+from .cli_submit import register as register_submit
 
 DEFAULT_MAX_PIXELS = 64_000_000
-
-
-def resolve_device(device: str) -> str:
-    """'auto' = CUDA when available, else the CPU; anything else as given (checked by torch)."""
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        torch.device(device)
-    except RuntimeError as error:
-        raise click.BadParameter(f"{device!r}: {error}", param_hint="--device") from None
-    return device
 
 
 def configure_threads() -> None:
@@ -36,10 +24,6 @@ def configure_threads() -> None:
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or len(os.sched_getaffinity(0))))
 
 
-def load_picture(url: str, storage_options: dict | None, max_pixels: int):
-    return decode(storage.read_bytes(url, storage_options), name=url, max_pixels=max_pixels)
-
-
 @click.group()
 @click.version_option(package_name="dip")
 def main():
@@ -49,18 +33,12 @@ def main():
 @main.command()
 @click.argument("input_url", metavar="INPUT")
 @click.option("-o", "--output", required=True, help="Where to write the restored PNG (path or URL).")
-@click.option("--task", type=click.Choice(list(TASKS)), default="denoise", show_default=True)
-@click.option("--preset", type=click.Choice(list(PRESET_NAMES)), help="Settings; default: the task's paper preset.")
+@with_options(FIT_OPTIONS)
 @click.option("--mask", help="Inpainting mask (white = known pixel).")
-@click.option("--scale", type=click.IntRange(2, 16), help="Super-resolution factor.")
 @click.option("--reference", help="Clean image, for PSNR/SSIM only.")
 @click.option("--guide", help="Flash / no-flash: the flash image (network input).")
 @click.option("--degrade", "degradation", help="Treat INPUT as clean and degrade it first: "
               "noise:25, downsample:4, mask:bernoulli:0.5, jpeg:10 (sets the task; INPUT becomes the reference).")
-@click.option("--iterations", type=click.IntRange(1), help="Override the preset's iteration budget.")
-@click.option("--early-stop/--no-early-stop", default=None, help="Stop by the moving-variance detector.")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, ...")
 @click.option("--arch", default="alexnet", show_default=True, help="Feature inversion: alexnet, vgg16, vgg19.")
 @click.option("--layer", default="conv5", show_default=True, help="Feature inversion: the layer to invert.")
 @click.option("--weights", help="Feature inversion: state-dict file (default: torchvision's cache).")
@@ -70,13 +48,13 @@ def main():
 def restore(input_url, output, task, preset, mask, scale, reference, guide, degradation, iterations,
             early_stop, seed, device, arch, layer, weights, max_pixels, storage_options, as_json):
     """Restore one image INPUT (path or URL) and write a PNG to OUTPUT."""
-    from .restore import Options, restore as run_restore, synthesize
+    from .restore import Options, resolve_device, restore as run_restore, synthesize
 
     configure_threads()
-    options_json = _json_option(storage_options, "--storage-options")
+    options_json = parse_json_object(storage_options, "--storage-options")
     try:
         def load(url):
-            return load_picture(url, options_json, max_pixels) if url else None
+            return storage.read_picture(url, options_json, max_pixels) if url else None
 
         observed, ref, mask_picture = load(input_url), load(reference), load(mask)
         if degradation:
@@ -96,17 +74,11 @@ def restore(input_url, output, task, preset, mask, scale, reference, guide, degr
         psnr = summary["psnr"]
         click.echo(f"wrote {output}: {summary['width']}x{summary['height']}, {summary['iterations']} iterations "
                    f"in {summary['seconds']:.1f} s" + (f", PSNR {psnr:.2f} dB" if psnr is not None else "")
-                   + (f" (input {summary['psnr_input']:.2f} dB)" if summary["psnr_input"] is not None else ""))
+                   + (f" (baseline {summary['psnr_baseline']:.2f} dB)" if summary["psnr_baseline"] is not None else ""))
 
 
-def _json_option(text: str, name: str) -> dict:
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise click.BadParameter(f"not valid JSON: {error}", param_hint=name) from None
-    if not isinstance(value, dict):
-        raise click.BadParameter(f"expected a JSON object, got {text!r}", param_hint=name)
-    return value
+register(main)
+register_submit(main)
 
 
 if __name__ == "__main__":

@@ -41,10 +41,14 @@ class Options:
     weights: str | None = None  # feature inversion: state-dict file (None = torchvision's cache)
 
     def __post_init__(self):
+        for name, kinds in (("iterations", (int, type(None))), ("early_stop", (bool, type(None))),
+                            ("seed", (int,)), ("scale", (int, type(None))), ("device", (str,)),
+                            ("preset", (str, type(None))), ("layer", (str,)), ("arch", (str,))):
+            value = getattr(self, name)
+            if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+                raise ValueError(f"option {name} has a bad value {value!r}")
         if self.task not in TASKS:
             raise ValueError(f"unknown task {self.task!r}; expected one of {', '.join(TASKS)}")
-        if self.task == "sr" and self.scale is None:
-            raise ValueError("task 'sr' needs a scale (2, 4, 8)")
         get_preset(self.task, self.preset, scale=self.scale)  # raises on an unknown preset
 
     @classmethod
@@ -121,8 +125,9 @@ def restore(
     result = fit(net, z, operator, y, preset.fit, reference=ref, seed=options.seed, device=options.device)
 
     # 4. Score against the reference, carry alpha through.
-    metrics = score(options.task, result.image, ref, degraded_input(operator, y.cpu()) if options.task in
-                    ("denoise", "sr", "inpaint", "jpeg") else None)
+    comparable = options.task in ("denoise", "sr", "inpaint", "jpeg")
+    metrics = score(options.task, result.image, ref, y.cpu() if comparable else None,
+                    degraded_input(operator, y.cpu()) if comparable else None)
     alpha = observed.alpha
     if alpha is not None and alpha.shape[-2:] != (height, width):
         alpha = F.interpolate(alpha, size=(height, width), mode="bicubic", align_corners=False).clamp(0, 1)
@@ -139,6 +144,8 @@ def build_operator(options: Options, observed: Picture, mask: Picture | None) ->
     if task == "flash":
         return Operator()
     if task == "sr":
+        if options.scale is None:
+            raise ValueError("task 'sr' needs a scale (2, 4, 8)")
         return SuperResolution(options.scale, channels=c)
     if task == "inpaint":
         if mask is None:
@@ -153,19 +160,34 @@ def build_operator(options: Options, observed: Picture, mask: Picture | None) ->
     raise ValueError(f"unknown task {task!r}")
 
 
-def score(task: str, restored: Tensor, reference: Tensor | None, degraded: Tensor | None) -> dict:
-    """PSNR (RGB, [0, 1]), SSIM, the paper's Y-channel PSNR for super-resolution, and the PSNR
-    of the degraded input brought to image space; all None without a reference."""
-    metrics = {"psnr": None, "ssim": None, "psnr_y": None, "psnr_input": None}
+def score(task: str, restored: Tensor, reference: Tensor | None, observed: Tensor | None,
+          baseline: Tensor | None) -> dict:
+    """PSNR (RGB, [0, 1], dB), SSIM, the paper's Y-channel PSNR for super-resolution, the PSNR of
+    the observed input where it has the image's size, and of the task's baseline (bicubic for
+    super-resolution, the input otherwise); all None without a reference."""
+    metrics = {"psnr": None, "ssim": None, "psnr_y": None, "psnr_input": None, "psnr_baseline": None}
     if reference is None:
         return metrics
     metrics["psnr"] = psnr(restored, reference)
     metrics["ssim"] = ssim(restored, reference)
     if task == "sr" and restored.shape[1] == 3:
         metrics["psnr_y"] = psnr_y(to_uint8(restored), to_uint8(reference))
-    if degraded is not None:
-        metrics["psnr_input"] = psnr(degraded, reference)
+    if observed is not None and observed.shape == reference.shape:
+        metrics["psnr_input"] = psnr(observed, reference)
+    if baseline is not None:
+        metrics["psnr_baseline"] = psnr(baseline, reference)
     return metrics
+
+
+def resolve_device(device: str) -> str:
+    """'auto' = CUDA when available, else the CPU; anything else is checked by torch."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        torch.device(device)
+    except RuntimeError as error:
+        raise ValueError(f"bad device {device!r}: {error}") from None
+    return device
 
 
 @dataclass

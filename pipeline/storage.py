@@ -3,54 +3,158 @@
 Writes are atomic: an object store receives the complete bytes in one PUT; a local file is
 written to a temporary name beside the target and renamed over it. No reader ever sees a
 partially written file under its final name.
+
+Object stores fail for a while (restart, network blip, 503): reads, writes, listings and existence
+checks are retried with exponential backoff for up to ``retry_s`` seconds (default 60). Access
+denied and no such bucket/object raise at once, naming the URL and never the credentials.
 """
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import posixpath
+import random
 import re
+import time
+import traceback
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import TypeVar
 
+import aiohttp
+import botocore.exceptions
 import fsspec
+from fsspec.exceptions import FSTimeoutError
 from fsspec.implementations.local import LocalFileSystem
+
+RETRY_S = 60.0  # default total retry budget, seconds
+FIRST_DELAY_S = 0.5  # backoff: 0.5, 1, 2, 4, 8, 8, ... seconds (times a random 0.5-1 against herds)
+MAX_DELAY_S = 8.0
+
+_TRANSIENT_TYPES = (  # refused, reset, timed out, cut off: as the OS, fsspec, aiohttp and botocore say it
+    ConnectionError, TimeoutError, FSTimeoutError, http.client.IncompleteRead, aiohttp.ClientConnectionError,
+    aiohttp.ClientPayloadError, botocore.exceptions.ConnectionError, botocore.exceptions.HTTPClientError,
+    botocore.exceptions.IncompleteReadError,
+)  # fmt: skip
+_TRANSIENT_CODES = {"InternalError", "ServiceUnavailable", "SlowDown", "RequestTimeout", "Throttling"}
+_SECRET_NAME = re.compile(r"key|secret|token|password|credential", re.IGNORECASE)
+T = TypeVar("T")
+
+
+def _is_transient(err: BaseException) -> bool:
+    """Connection trouble, timeouts, or an HTTP 5xx / throttling answer (s3fs keeps the botocore
+    ClientError as ``__cause__`` of the OSError it raises)."""
+    for e in (err, err.__cause__):
+        if isinstance(e, _TRANSIENT_TYPES):
+            return True
+        response = getattr(e, "response", None)
+        if isinstance(response, dict):
+            status = response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+            if status >= 500 or response.get("Error", {}).get("Code") in _TRANSIENT_CODES:
+                return True
+    return False
+
+
+def _secrets(options) -> set[str]:
+    """Credential values in storage_options (nested too) and in the AWS environment variables."""
+    found = {os.environ.get(name, "") for name in ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")}
+    stack = [options or {}]
+    while stack:
+        for name, value in stack.pop().items():
+            if isinstance(value, dict):
+                stack.append(value)
+            elif isinstance(value, str) and _SECRET_NAME.search(str(name)):
+                found.add(value)
+    return {s for s in found if len(s) >= 4}
+
+
+def _redact(text: str, options) -> str:
+    for s in sorted(_secrets(options), key=len, reverse=True):  # longest first: one may contain another
+        text = text.replace(s, "***")
+    return text
+
+
+def _retrying(op: str, url: str, options: dict | None, retry_s: float, fn: Callable[[], T]) -> T:
+    """``fn()``, retried on transient errors while ``retry_s`` seconds allow another attempt; other
+    errors raise at once. Messages name ``op`` and ``url`` and never hold a credential."""
+    start, delay, attempt = time.monotonic(), FIRST_DELAY_S, 0
+    while True:
+        attempt += 1
+        try:
+            return fn()
+        except Exception as err:
+            error = err  # handled below, outside the except block, so that a redacted error has no __context__
+        full = "".join(traceback.format_exception(error))
+        leaked = _redact(full, options) != full
+        where, detail = _redact(f"{op} {url}", options), _redact(f"{type(error).__name__}: {error}", options)
+        if _is_transient(error):
+            elapsed = time.monotonic() - start
+            if elapsed + delay <= retry_s:
+                time.sleep(delay * random.uniform(0.5, 1.0))
+                delay = min(2 * delay, MAX_DELAY_S)
+                continue
+            failure: Exception = ConnectionError(
+                f"{where}: object store unreachable, gave up after {attempt} attempts in {elapsed:.0f} s"
+                f" (retry budget {retry_s:g} s): {detail}"
+            )
+        elif isinstance(error, PermissionError):
+            failure = PermissionError(
+                f"{where}: access denied ({detail}); check the credentials (storage_options"
+                " 'key'/'secret' or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY) and their rights on the bucket"
+            )
+        elif isinstance(error, FileNotFoundError):
+            failure = FileNotFoundError(f"{where}: no such bucket or object ({detail})")
+        elif leaked:
+            failure = OSError(f"{where}: {detail}")
+        else:
+            raise error
+        raise failure from (None if leaked else error)
 
 
 def filesystem(url: str, storage_options: dict | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
-    """(filesystem, path) for a URL; ``storage_options`` go to the filesystem (e.g.
-    ``{"endpoint_url": "http://127.0.0.1:8333"}`` for an S3-compatible server)."""
+    """(filesystem, path) for a URL; ``storage_options`` go to the filesystem (e.g. ``{"key": ...,
+    "secret": ..., "endpoint_url": "http://127.0.0.1:8333"}`` for an S3-compatible server)."""
     return fsspec.core.url_to_fs(url, **(storage_options or {}))
 
 
-def read_bytes(url: str, storage_options: dict | None = None) -> bytes:
+def read_bytes(url: str, storage_options: dict | None = None, *, retry_s: float = RETRY_S) -> bytes:
     fs, path = filesystem(url, storage_options)
-    return fs.cat_file(path)
+    return _retrying("read", url, storage_options, retry_s, lambda: fs.cat_file(path))
 
 
-def write_bytes(url: str, data: bytes, storage_options: dict | None = None) -> None:
+def write_bytes(url: str, data: bytes, storage_options: dict | None = None, *, retry_s: float = RETRY_S) -> None:
     """Write ``data`` to ``url`` atomically (temp-and-rename on local disks, one PUT elsewhere)."""
     fs, path = filesystem(url, storage_options)
-    if isinstance(fs, LocalFileSystem):
-        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+    put = _write_local if isinstance(fs, LocalFileSystem) else fs.pipe_file
+    _retrying("write", url, storage_options, retry_s, lambda: put(path, data))
+
+
+def _write_local(path: str, data: bytes) -> None:
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+    try:
         with open(tmp, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    else:
-        fs.pipe_file(path, data)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
-def write_json(url: str, value, storage_options: dict | None = None) -> None:
-    write_bytes(url, json.dumps(value, indent=2, sort_keys=True, default=str).encode(), storage_options)
+def write_json(url: str, value, storage_options: dict | None = None, *, retry_s: float = RETRY_S) -> None:
+    data = json.dumps(value, indent=2, sort_keys=True, default=str).encode()
+    write_bytes(url, data, storage_options, retry_s=retry_s)
 
 
-def exists(url: str, storage_options: dict | None = None) -> bool:
+def exists(url: str, storage_options: dict | None = None, *, retry_s: float = RETRY_S) -> bool:
+    """Whether ``url`` exists now (another worker may have written it: cached listings are dropped)."""
     fs, path = filesystem(url, storage_options)
-    return fs.exists(path)
+    fs.invalidate_cache(path)
+    return _retrying("check", url, storage_options, retry_s, lambda: fs.exists(path))
 
 
 def join(prefix: str, *parts: str) -> str:
@@ -58,15 +162,16 @@ def join(prefix: str, *parts: str) -> str:
     return posixpath.join(prefix.rstrip("/"), *parts)
 
 
-def list_files(url_or_glob: str, storage_options: dict | None = None) -> Iterator[str]:
-    """Full URLs of the files under a prefix, or matching a glob, in sorted order."""
+def list_files(url_or_glob: str, storage_options: dict | None = None, *, retry_s: float = RETRY_S) -> Iterator[str]:
+    """Full URLs of the files under a prefix, or matching a glob, in sorted order. The listing
+    is fresh (s3fs's listing cache is dropped first) and taken whole before the first yield."""
     fs, path = filesystem(url_or_glob, storage_options)
-    fs.invalidate_cache()
-    if any(ch in path for ch in "*?["):
-        paths = fs.glob(path)
-    else:
-        paths = fs.find(path)
-    for p in sorted(paths):
+
+    def listing() -> list[str]:
+        fs.invalidate_cache()
+        return fs.glob(path) if any(ch in path for ch in "*?[") else fs.find(path)
+
+    for p in sorted(_retrying("list", url_or_glob, storage_options, retry_s, listing)):
         yield fs.unstrip_protocol(p) if not isinstance(fs, LocalFileSystem) else p
 
 
@@ -84,3 +189,10 @@ def safe_key(image_id: str) -> str:
             " (not starting with '.', '_' or '-')"
         )
     return image_id
+
+
+def read_picture(url: str, storage_options: dict | None = None, max_pixels: int | None = 64_000_000):
+    """Read and decode an image (``pipeline.images.Picture``); errors name the URL."""
+    from .images import decode
+
+    return decode(read_bytes(url, storage_options), name=url, max_pixels=max_pixels)

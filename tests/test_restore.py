@@ -30,7 +30,8 @@ def test_super_resolution_restores_full_size_and_scores_the_y_channel():
     result = restore(synthetic.observed, Options(task="sr", scale=4, preset=CPU_SMALL, iterations=150),
                      reference=synthetic.reference)
     assert result.picture.pixels.shape == (1, 3, 64, 64)
-    assert result.metrics["psnr_y"] is not None and result.metrics["psnr_input"] is not None
+    m = result.metrics
+    assert m["psnr_y"] is not None and m["psnr_baseline"] is not None and m["psnr_input"] is None
 
 
 def test_inpainting_with_the_sample_mask_fills_the_holes():
@@ -83,13 +84,17 @@ def test_early_stop_override_turns_the_detector_on():
 
 @pytest.mark.parametrize("kwargs,message", [
     (dict(task="deblur"), "deblur"),
-    (dict(task="sr"), "scale"),
     (dict(task="denoise", preset="nope"), "nope"),
     (dict(task="denoise", preset="sr-x4"), "sr-x4"),
 ])
 def test_bad_options_are_named(kwargs, message):
     with pytest.raises(ValueError, match=message):
         Options(**kwargs)
+
+
+def test_super_resolution_without_a_scale_is_refused():
+    with pytest.raises(ValueError, match="needs a scale"):
+        restore(picture(torch.rand(1, 3, 8, 8)), Options(task="sr", preset=CPU_SMALL))
 
 
 def test_unknown_option_names_are_refused():

@@ -1,0 +1,229 @@
+"""The batch job: a manifest in, one DIP fit per image on Ray, images and result rows out.
+
+1. Plan (driver): stream the manifest, validate every row, drop images that already have an
+   ``ok`` result for the same configuration, and write the rest to ``runs/<run_id>.plan.parquet``.
+2. Fit (Ray Data): ``read_parquet(plan) -> map_batches(Restorer, batch_size=1)`` on an actor
+   pool; each actor writes its image's PNG and result row as soon as the fit ends.
+3. Record (driver): ``runs/<run_id>.json``, then ``_SUCCESS`` once every row has a result.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import time
+import traceback
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from . import manifest, results, storage
+from .restore import Options
+
+PLAN_ROW_GROUP = 1000
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    manifest: str
+    output: str
+    defaults: Options = Options()
+    storage_options: dict = field(default_factory=dict)
+    gpus_per_fit: float | None = None  # None: 1 when the cluster has GPUs, else 0 (CPU fits)
+    cpus_per_fit: int = 1  # also the torch threads of each fit
+    max_workers: int | None = None  # actors at most (None: as many as the resources allow)
+    force: bool = False  # redo images that already have an ok result
+    max_pixels: int = 64_000_000
+    run_id: str | None = None
+
+    def public(self) -> dict:
+        """The configuration as recorded beside the outputs: storage options are left out."""
+        values = asdict(self)
+        values["storage_options"] = sorted(self.storage_options)  # names only, never values
+        return values
+
+
+@dataclass
+class RunSummary:
+    run_id: str
+    total: int = 0  # manifest rows
+    skipped: int = 0  # already ok for this configuration
+    ok: int = 0
+    failed: int = 0
+    seconds: float = 0.0
+    rows: list[dict] = field(default_factory=list)  # per image this run: id, status, psnr, seconds, error
+
+    @property
+    def complete(self) -> bool:
+        return self.skipped + self.ok + self.failed == self.total
+
+
+def new_run_id() -> str:
+    return dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
+
+
+def write_plan(config: RunConfig, run_id: str) -> tuple[str, RunSummary]:
+    """Step 1: validate the manifest and write the jobs still to do; returns (plan URL, counts)."""
+    summary = RunSummary(run_id=run_id)
+    done = results.scan(config.output, config.storage_options)
+    plan_url = storage.join(config.output, "runs", f"{run_id}.plan.parquet")
+    schema = pa.schema([(name, pa.string()) for name in (
+        "image_id", "uri", "options", "mask_uri", "reference_uri", "guide_uri", "degradation",
+        "config_hash", "extra")] + [("attempt", pa.int64())])
+    buffer: list[dict] = []
+    sink = pa.BufferOutputStream()
+    with pq.ParquetWriter(sink, schema) as writer:
+        for job in manifest.plan(config.manifest, config.defaults, storage_options=config.storage_options):
+            summary.total += 1
+            key = (job.image_id, job.config_hash)
+            if key in done.ok and not config.force:
+                summary.skipped += 1
+                continue
+            buffer.append({**job.to_row(), "attempt": done.next_attempt(*key)})
+            if len(buffer) >= PLAN_ROW_GROUP:
+                writer.write_table(pa.Table.from_pylist(buffer, schema))
+                buffer = []
+        if buffer:
+            writer.write_table(pa.Table.from_pylist(buffer, schema))
+    storage.write_bytes(plan_url, sink.getvalue().to_pybytes(), config.storage_options)
+    return plan_url, summary
+
+
+class Restorer:
+    """A Ray Data actor: restores one planned image per call and writes its outputs."""
+
+    def __init__(self, output: str, run_id: str, storage_options: dict, max_pixels: int, threads: int):
+        import torch
+
+        torch.set_num_threads(max(1, threads))
+        self.output, self.run_id = output, run_id
+        self.storage_options, self.max_pixels = storage_options, max_pixels
+
+    def __call__(self, batch: dict) -> dict:
+        rows = [self.restore_one({k: batch[k][i] for k in batch}) for i in range(len(batch["image_id"]))]
+        return {k: [r[k] for r in rows] for k in ("image_id", "status", "error", "psnr", "seconds", "device")}
+
+    def restore_one(self, planned: dict) -> dict:
+        from .restore import resolve_device
+
+        job = manifest.Job.from_row({k: _plain(v) for k, v in planned.items()})
+        started, clock = _now(), time.perf_counter()
+        options = replace(job.options, device=resolve_device(job.options.device))
+        row = {"image_id": job.image_id, "uri": job.uri, "task": options.task, "status": "error",
+               "attempt": int(planned["attempt"]), "config_hash": job.config_hash, "seed": options.seed,
+               "run_id": self.run_id, "started_at": started, "device": options.device}
+        try:
+            row["preset"] = options.resolve().name
+            restored = self.fit(job, options)
+            png_url = storage.join(self.output, "restored", f"{storage.safe_key(job.image_id)}.png")
+            storage.write_bytes(png_url, _encode(restored.picture), self.storage_options)
+            summary = restored.summary()
+            row.update({k: summary[k] for k in ("psnr", "ssim", "psnr_y", "psnr_input", "iterations",
+                                                "best_iteration", "stopped_early", "backtracks", "seconds")})
+            row.update(status="ok", output_uri=png_url, psnr_baseline=restored.metrics.get("psnr_baseline"),
+                       history=json.dumps(restored.fit.history))
+        except Exception as error:  # one bad image is an error row; the batch goes on
+            row["error"] = _describe(error)
+        row["finished_at"] = _now()
+        row.setdefault("seconds", time.perf_counter() - clock)
+        results.write_row(self.output, row, job.extra, self.storage_options)
+        return {"image_id": job.image_id, "status": row["status"], "error": row.get("error"),
+                "psnr": row.get("psnr"), "seconds": float(row["seconds"]), "device": options.device}
+
+    def fit(self, job: manifest.Job, options: Options):
+        from .restore import restore, synthesize
+
+        def load(url):
+            return storage.read_picture(url, self.storage_options, self.max_pixels) if url else None
+
+        observed, mask, reference = load(job.uri), load(job.mask_uri), load(job.reference_uri)
+        if job.degradation:
+            synthetic = synthesize(observed, job.degradation, options.seed)
+            observed, reference, mask = synthetic.observed, synthetic.reference, synthetic.mask or mask
+        return restore(observed, options, mask=mask, reference=reference, guide=load(job.guide_uri))
+
+
+def run(config: RunConfig, on_result: Callable[[dict], None] | None = None,
+        on_plan: Callable[[RunSummary], None] | None = None) -> RunSummary:
+    """Run the batch on the Ray cluster this process is connected to (``ray.init`` first)."""
+    import ray
+
+    run_id = config.run_id or new_run_id()
+    clock = time.perf_counter()
+    plan_url, summary = write_plan(config, run_id)
+    if on_plan:
+        on_plan(summary)
+    todo = summary.total - summary.skipped
+    if todo:
+        gpus = config.gpus_per_fit
+        if gpus is None:
+            gpus = 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
+        context = ray.data.DataContext.get_current()
+        context.execution_no_progress_timeout_s = -1  # a fit may take longer than 30 min
+        context.enable_progress_bars = False
+        fs, path = storage.filesystem(plan_url, config.storage_options)
+        from pyarrow.fs import FSSpecHandler, PyFileSystem
+
+        dataset = ray.data.read_parquet(path, filesystem=PyFileSystem(FSSpecHandler(fs)))
+        dataset = dataset.repartition(target_num_rows_per_block=1)  # one image per task, streamed
+        fitted = dataset.map_batches(
+            Restorer,
+            fn_constructor_kwargs=dict(output=config.output, run_id=run_id, storage_options=config.storage_options,
+                                       max_pixels=config.max_pixels, threads=config.cpus_per_fit),
+            batch_size=1,
+            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=config.max_workers or max(1, todo)),
+            num_cpus=config.cpus_per_fit,
+            num_gpus=gpus,
+        )
+        for row in fitted.iter_rows():
+            row = {k: _plain(v) for k, v in row.items()}
+            summary.ok += row["status"] == "ok"
+            summary.failed += row["status"] != "ok"
+            summary.rows.append(row)
+            if on_result:
+                on_result(row)
+    summary.seconds = time.perf_counter() - clock
+    record = {
+        "run_id": run_id, "config": config.public(), "counts": {
+            "total": summary.total, "skipped": summary.skipped, "ok": summary.ok, "failed": summary.failed},
+        "seconds": round(summary.seconds, 3), "finished_at": _now().isoformat(), "versions": _versions(),
+    }
+    storage.write_json(storage.join(config.output, "runs", f"{run_id}.json"), record, config.storage_options)
+    if summary.complete:
+        storage.write_bytes(storage.join(config.output, "_SUCCESS"), f"{run_id}\n".encode(), config.storage_options)
+    return summary
+
+
+def _encode(picture) -> bytes:
+    from .images import encode_png
+
+    return encode_png(picture)
+
+
+def _describe(error: BaseException) -> str:
+    """A one-line error message for the results table (type and message, no traceback)."""
+    text = f"{type(error).__name__}: {error}".replace("\n", " ")
+    if os.environ.get("DIP_DEBUG"):
+        text += " | " + "".join(traceback.format_exception(error)).replace("\n", " ")
+    return text[:2000]
+
+
+def _plain(value):
+    """numpy scalars from Ray Data rows to Python values."""
+    if hasattr(value, "item") and not isinstance(value, (bytes, str)):
+        return value.item()
+    return value
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+def _versions() -> dict:
+    from importlib.metadata import version
+
+    return {name: version(name) for name in ("dip", "torch", "ray", "pyarrow", "fsspec")}
