@@ -16,7 +16,8 @@ import hashlib
 import json
 import math
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
+from functools import lru_cache
 
 import pyarrow as pa
 import pyarrow.dataset as pads
@@ -51,7 +52,7 @@ class Job:
 
     def to_row(self) -> dict:
         return {
-            "image_id": self.image_id, "uri": self.uri, "options": json.dumps(asdict(self.options)),
+            "image_id": self.image_id, "uri": self.uri, "options": json.dumps(self.options.to_dict()),
             "mask_uri": self.mask_uri, "reference_uri": self.reference_uri, "guide_uri": self.guide_uri,
             "degradation": self.degradation, "config_hash": self.config_hash, "extra": json.dumps(self.extra),
         }
@@ -166,7 +167,7 @@ def resolve(row: dict, defaults: Options) -> Job:
     if overrides.get("task", defaults.task) != defaults.task and "preset" not in overrides:
         overrides["preset"] = None if defaults.preset != "cpu-small" else "cpu-small"
     try:
-        options = Options.from_dict({**asdict(defaults), **overrides})
+        options = Options.from_dict({**defaults.to_dict(), **overrides})
     except TypeError as error:
         raise ValueError(f"bad params: {error}") from None
     mask_uri = row.get("mask_uri") or None
@@ -184,11 +185,22 @@ def resolve(row: dict, defaults: Options) -> Job:
     fields = {
         "uri": uri, "mask_uri": mask_uri, "reference_uri": row.get("reference_uri") or None,
         "guide_uri": row.get("guide_uri") or None, "degradation": degradation,
-        "options": asdict(replace(options, device="")), "preset": asdict(options.resolve()),
+        "options": {**options.to_dict(), "device": ""}, "preset": preset_fingerprint(options),
     }
     return Job(image_id=image_id, uri=uri, options=options, mask_uri=mask_uri,
                reference_uri=fields["reference_uri"], guide_uri=fields["guide_uri"], degradation=degradation,
                config_hash=config_hash(fields), extra=extra)
+
+
+def preset_fingerprint(options: Options) -> str:
+    """The resolved preset as JSON (cached: a manifest resolves a handful of distinct ones)."""
+    return _fingerprint(options.task, options.preset, options.scale, options.iterations, options.early_stop)
+
+
+@lru_cache(maxsize=1024)
+def _fingerprint(*key) -> str:
+    return json.dumps(asdict(Options(task=key[0], preset=key[1], scale=key[2]).resolve().with_overrides(
+        iterations=key[3], early_stop=key[4])), sort_keys=True)
 
 
 def _short(value) -> str:

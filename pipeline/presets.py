@@ -8,6 +8,7 @@ recorded beside the outputs.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
+from functools import lru_cache
 
 from .early_stop import EarlyStopConfig
 from .fit import FitConfig
@@ -114,6 +115,7 @@ DEFAULT_PRESET = {
 PRESET_NAMES = (*PAPER, CPU_SMALL)
 
 
+@lru_cache(maxsize=256)  # presets are frozen: a manifest of a million rows resolves a handful
 def get_preset(task: str, name: str | None = None, *, scale: int | None = None) -> Preset:
     """The named preset for ``task`` (the task's paper default when ``name`` is None).
 

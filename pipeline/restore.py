@@ -7,6 +7,7 @@ This is what ``dip restore`` and the batch job call. It takes decoded pictures
 from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
+from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
@@ -54,15 +55,25 @@ class Options:
     @classmethod
     def from_dict(cls, values: dict) -> "Options":
         """Options from a dict of option names; unknown names raise ValueError naming them."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
+        unknown = sorted(set(values) - set(OPTION_NAMES))
         if unknown:
-            raise ValueError(f"unknown option(s) {', '.join(map(repr, unknown))}; known: {', '.join(sorted(known))}")
+            raise ValueError(f"unknown option(s) {', '.join(map(repr, unknown))}; known: {', '.join(sorted(OPTION_NAMES))}")
         return cls(**values)
 
     def resolve(self) -> Preset:
-        preset = get_preset(self.task, self.preset, scale=self.scale)
-        return preset.with_overrides(iterations=self.iterations, early_stop=self.early_stop)
+        return _resolve(self.task, self.preset, self.scale, self.iterations, self.early_stop)
+
+    def to_dict(self) -> dict:
+        return {name: getattr(self, name) for name in OPTION_NAMES}
+
+
+OPTION_NAMES = tuple(f.name for f in fields(Options))
+
+
+@lru_cache(maxsize=1024)
+def _resolve(task: str, preset: str | None, scale: int | None, iterations: int | None,
+             early_stop: bool | None) -> Preset:
+    return get_preset(task, preset, scale=scale).with_overrides(iterations=iterations, early_stop=early_stop)
 
 
 @dataclass
