@@ -122,10 +122,9 @@ class Restorer:
             png_url = storage.join(self.output, "restored", f"{storage.safe_key(job.image_id)}.png")
             storage.write_bytes(png_url, _encode(restored.picture), self.storage_options)
             summary = restored.summary()
-            row.update({k: summary[k] for k in ("psnr", "ssim", "psnr_y", "psnr_input", "iterations",
-                                                "best_iteration", "stopped_early", "backtracks", "seconds")})
-            row.update(status="ok", output_uri=png_url, psnr_baseline=restored.metrics.get("psnr_baseline"),
-                       history=json.dumps(restored.fit.history))
+            row.update({k: summary[k] for k in (*restored.metrics, "iterations", "best_iteration",
+                                                "stopped_early", "backtracks", "seconds")})
+            row.update(status="ok", output_uri=png_url, history=json.dumps(restored.fit.history))
         except Exception as error:  # one bad image is an error row; the batch goes on
             row["error"] = _describe(error)
         row["finished_at"] = _now()

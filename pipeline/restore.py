@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .baselines import degraded_input
+from .baselines import degraded_input, tv_restore
 from .features import feature_extractor
 from .fit import FitResult, fit
 from .images import Picture, to_uint8
@@ -40,11 +40,13 @@ class Options:
     arch: str = "alexnet"  # feature inversion: network and layer
     layer: str = "conv5"
     weights: str | None = None  # feature inversion: state-dict file (None = torchvision's cache)
+    tv_baseline: bool = False  # also minimise the TV prior with the same data term, and score it
 
     def __post_init__(self):
         for name, kinds in (("iterations", (int, type(None))), ("early_stop", (bool, type(None))),
                             ("seed", (int,)), ("scale", (int, type(None))), ("device", (str,)),
-                            ("preset", (str, type(None))), ("layer", (str,)), ("arch", (str,))):
+                            ("preset", (str, type(None))), ("layer", (str,)), ("arch", (str,)),
+                            ("tv_baseline", (bool,))):
             value = getattr(self, name)
             if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
                 raise ValueError(f"option {name} has a bad value {value!r}")
@@ -136,9 +138,12 @@ def restore(
     result = fit(net, z, operator, y, preset.fit, reference=ref, seed=options.seed, device=options.device)
 
     # 4. Score against the reference, carry alpha through.
-    comparable = options.task in ("denoise", "sr", "inpaint", "jpeg")
-    metrics = score(options.task, result.image, ref, y.cpu() if comparable else None,
-                    degraded_input(operator, y.cpu()) if comparable else None)
+    baselines = {}
+    if ref is not None and options.task in ("denoise", "sr", "inpaint", "jpeg"):
+        baselines["baseline"] = degraded_input(operator, y.cpu())
+        if options.tv_baseline:
+            baselines["tv"] = tv_restore(operator.cpu().float(), y.cpu().float())
+    metrics = score(options.task, result.image, ref, observed.pixels, baselines)
     alpha = observed.alpha
     if alpha is not None and alpha.shape[-2:] != (height, width):
         alpha = F.interpolate(alpha, size=(height, width), mode="bicubic", align_corners=False).clamp(0, 1)
@@ -171,22 +176,30 @@ def build_operator(options: Options, observed: Picture, mask: Picture | None) ->
     raise ValueError(f"unknown task {task!r}")
 
 
-def score(task: str, restored: Tensor, reference: Tensor | None, observed: Tensor | None,
-          baseline: Tensor | None) -> dict:
-    """PSNR (RGB, [0, 1], dB), SSIM, the paper's Y-channel PSNR for super-resolution, the PSNR of
-    the observed input where it has the image's size, and of the task's baseline (bicubic for
-    super-resolution, the input otherwise); all None without a reference."""
-    metrics = {"psnr": None, "ssim": None, "psnr_y": None, "psnr_input": None, "psnr_baseline": None}
+def score(task: str, restored: Tensor, reference: Tensor | None, observed: Tensor | None = None,
+          baselines: dict[str, Tensor] | None = None) -> dict:
+    """Metrics against the reference, all None without one (dB; SSIM in [0, 1]):
+
+    psnr, ssim: RGB in [0, 1]; psnr_y: the paper's super-resolution protocol (Y channel, 4-pixel
+    shave); psnr_input: the observed input where it has the image's size; psnr_<name> and
+    psnr_y_<name> (super-resolution) for each baseline image given (``baseline``: bicubic for
+    super-resolution, the input otherwise; ``tv``: the TV prior).
+    """
+    names = ["psnr", "ssim", "psnr_y", "psnr_input", "psnr_baseline", "psnr_y_baseline", "psnr_tv", "psnr_y_tv"]
+    metrics = dict.fromkeys(names)
     if reference is None:
         return metrics
+    y_protocol = task == "sr" and restored.shape[1] == 3
     metrics["psnr"] = psnr(restored, reference)
     metrics["ssim"] = ssim(restored, reference)
-    if task == "sr" and restored.shape[1] == 3:
+    if y_protocol:
         metrics["psnr_y"] = psnr_y(to_uint8(restored), to_uint8(reference))
     if observed is not None and observed.shape == reference.shape:
         metrics["psnr_input"] = psnr(observed, reference)
-    if baseline is not None:
-        metrics["psnr_baseline"] = psnr(baseline, reference)
+    for name, image in (baselines or {}).items():
+        metrics[f"psnr_{name}"] = psnr(image, reference)
+        if y_protocol:
+            metrics[f"psnr_y_{name}"] = psnr_y(to_uint8(image), to_uint8(reference))
     return metrics
 
 
