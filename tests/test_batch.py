@@ -16,15 +16,6 @@ from pipeline.cli_run import EXIT_IMAGES_FAILED, EXIT_NOT_STARTED, EXIT_OK
 from tests.test_manifest import write_manifest
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    import ray
-
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
 def png_bytes(width=24, height=20, seed=0) -> bytes:
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:height, 0:width]
