@@ -117,9 +117,11 @@ def main():
         server = None
         if args.s3:
             sys.path.insert(0, str(ROOT / "tests"))
-            from conftest import start_s3_server  # the tests' SeaweedFS launcher
+            from conftest import make_s3_server  # the tests' SeaweedFS launcher
 
-            server = start_s3_server(Path(tmp) / "weed")
+            (Path(tmp) / "weed").mkdir()
+            server = make_s3_server(Path(tmp) / "weed")
+            server.start()
             bucket = "bench"
             storage.filesystem("s3://bench", server.storage_options)[0].mkdir(bucket)
             targets.append(("s3", f"s3://{bucket}", server.storage_options))

@@ -38,8 +38,10 @@ FIT_OPTIONS = [
     click.option("--seed", type=int, default=0, show_default=True,
                  help="Seed (dip run: the base seed; per-image seeds derive from it and the image id)."),
     click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, ..."),
+    click.option("--time-limit", "time_limit_s", type=click.FloatRange(min=0, min_open=True),
+                 help="Seconds a fit may run before it is stopped as an error."),
 ]
-FIT_OPTION_NAMES = ("task", "preset", "scale", "iterations", "early_stop", "seed", "device")
+FIT_OPTION_NAMES = ("task", "preset", "scale", "iterations", "early_stop", "seed", "device", "time_limit_s")
 
 BATCH_OPTIONS = [
     click.option("--manifest", required=True, help="Parquet manifest (file or folder), any fsspec URL."),
@@ -149,7 +151,7 @@ def register(main: click.Group) -> None:
         """The main job on an embedded default: bundled samples, a local Ray, the CPU preset."""
         manifest = demo_manifest(Path(output))
         kwargs = dict(manifest=str(manifest), output=output, task="denoise", preset=preset, scale=None,
-                      iterations=None, early_stop=None, seed=0, device="cpu", gpus_per_fit=0, cpus_per_fit=1,
+                      iterations=None, early_stop=None, seed=0, device="cpu", time_limit_s=None, gpus_per_fit=0, cpus_per_fit=1,
                       workers=None, force=force, max_pixels=64_000_000, storage_options="{}", run_id=None)
         sys.exit(run_batch(kwargs, address=None, num_cpus=min(2, os.cpu_count() or 1)))
 

@@ -24,6 +24,10 @@ class FitDiverged(RuntimeError):
     """The loss became NaN/inf, or backtracking could not recover the fit."""
 
 
+class FitTimeout(RuntimeError):
+    """The fit ran past its time limit."""
+
+
 @dataclass(frozen=True)
 class FitConfig:
     iterations: int = 3000
@@ -75,12 +79,14 @@ def fit(
     seed: int = 0,
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
+    time_limit_s: float | None = None,
 ) -> FitResult:
     """Fit ``net`` so that ``operator(net(net_input))`` matches ``observation``.
 
     net_input: z, [1, Cz, H', W'] on the network's grid (H', W' >= the image size).
     observation: y, [1, C, h, w] in [0, 1] (or a feature map for feature inversion).
     reference: the clean image [1, C, H, W] in [0, 1], only for reporting PSNR.
+    time_limit_s: raise FitTimeout once the fit has run this long (checked every iteration).
     The network's output is cropped (centred) to ``operator.image_size(h, w)``.
     """
     # 1. Put everything on the device; z and its jitter are seeded.
@@ -106,6 +112,8 @@ def fit(
     i = 0
     while i < config.iterations:
         i += 1
+        if time_limit_s is not None and time.perf_counter() - started > time_limit_s:
+            raise FitTimeout(f"the fit ran past its time limit of {time_limit_s:g} s at iteration {i}")
         # 2. Jitter the input (reg_noise_std) so that the net cannot memorise one z.
         z_i = z
         if config.reg_noise_std > 0:

@@ -185,7 +185,8 @@ def resolve(row: dict, defaults: Options) -> Job:
     fields = {
         "uri": uri, "mask_uri": mask_uri, "reference_uri": row.get("reference_uri") or None,
         "guide_uri": row.get("guide_uri") or None, "degradation": degradation,
-        "options": {**options.to_dict(), "device": ""}, "preset": preset_fingerprint(options),
+        # what determines the result: not where it runs, nor how long it may take
+        "options": {**options.to_dict(), "device": "", "time_limit_s": None}, "preset": preset_fingerprint(options),
     }
     return Job(image_id=image_id, uri=uri, options=options, mask_uri=mask_uri,
                reference_uri=fields["reference_uri"], guide_uri=fields["guide_uri"], degradation=degradation,

@@ -41,12 +41,13 @@ class Options:
     layer: str = "conv5"
     weights: str | None = None  # feature inversion: state-dict file (None = torchvision's cache)
     tv_baseline: bool = False  # also minimise the TV prior with the same data term, and score it
+    time_limit_s: float | None = None  # stop the fit with FitTimeout after this many seconds
 
     def __post_init__(self):
         for name, kinds in (("iterations", (int, type(None))), ("early_stop", (bool, type(None))),
                             ("seed", (int,)), ("scale", (int, type(None))), ("device", (str,)),
                             ("preset", (str, type(None))), ("layer", (str,)), ("arch", (str,)),
-                            ("tv_baseline", (bool,))):
+                            ("tv_baseline", (bool,)), ("time_limit_s", (int, float, type(None)))):
             value = getattr(self, name)
             if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
                 raise ValueError(f"option {name} has a bad value {value!r}")
@@ -135,7 +136,8 @@ def restore(
 
     # 3. Fit.
     ref = _check_reference(reference, observed.channels, height, width)
-    result = fit(net, z, operator, y, preset.fit, reference=ref, seed=options.seed, device=options.device)
+    result = fit(net, z, operator, y, preset.fit, reference=ref, seed=options.seed, device=options.device,
+                 time_limit_s=options.time_limit_s)
 
     # 4. Score against the reference, carry alpha through.
     baselines = {}

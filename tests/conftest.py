@@ -164,9 +164,8 @@ class S3Server:
         self.process = None
 
 
-@pytest.fixture(scope="session")
-def s3_server(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("weed")
+def make_s3_server(workdir: Path) -> S3Server:
+    """A SeaweedFS server (not started yet) on free loopback ports, with one random identity."""
     data_dir = workdir / "data"
     data_dir.mkdir()
     access_key = "dip" + secrets.token_hex(8)
@@ -200,7 +199,7 @@ def s3_server(tmp_path_factory):
         "-master.telemetry=false",
         "-volume.preStopSeconds=0",  # stop() in ~1 s rather than ~2 s
     ]  # fmt: skip
-    server = S3Server(
+    return S3Server(
         endpoint_url=f"http://127.0.0.1:{ports['s3']}",
         access_key=access_key,
         secret_key=secret_key,
@@ -208,6 +207,11 @@ def s3_server(tmp_path_factory):
         workdir=workdir,
         log_path=workdir / "weed.log",
     )
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    server = make_s3_server(tmp_path_factory.mktemp("weed"))
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("AWS_EC2_METADATA_DISABLED", "true")  # never wait on an instance-metadata lookup
         mp.setenv("NO_PROXY", _no_proxy())
