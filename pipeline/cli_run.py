@@ -12,11 +12,11 @@ from pathlib import Path
 import click
 
 from . import storage
+from .images import IMAGE_SUFFIXES
 from .presets import PRESET_NAMES, TASKS
 
 EXIT_OK, EXIT_IMAGES_FAILED, EXIT_NOT_STARTED = 0, 1, 2
 SAMPLES = Path(__file__).resolve().parent / "samples"
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".webp", ".bmp")
 
 
 def with_options(options: list):

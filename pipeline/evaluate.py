@@ -45,7 +45,6 @@ PAPER_METRIC = {"set5-x4": "psnr_y", "denoise-color-25": "psnr", "inpaint-sample
 SET5 = ("baby", "bird", "butterfly", "head", "woman")
 DENOISE_COLOR = ("F16", "baboon", "hill", "kodim01", "kodim02", "kodim03", "kodim12", "lena", "peppers")
 INPAINT_SAMPLES = {"kate": "inpaint-text", "library": "inpaint-text", "vase": "inpaint-holes"}
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".webp", ".bmp")
 
 COLUMNS = ("image_id", "uri", "task", "degradation", "reference_uri", "mask_uri", "preset", "params",
            "suite", "paper_psnr")
@@ -132,6 +131,7 @@ def _suite_rows(suite: str, data: str, degradation: str | None, storage_options:
                  "reference_uri": at(*folder, f"{name}.png"), "mask_uri": at(*folder, f"{name}_mask.png"),
                  "preset": preset} for name, preset in INPAINT_SAMPLES.items()]
     from .cli_run import manifest_id  # the same image ids as ``dip manifest``
+    from .images import IMAGE_SUFFIXES
 
     base = data.rstrip("/")
     if not storage.exists(base, storage_options):

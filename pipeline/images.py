@@ -30,6 +30,9 @@ _INT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error)
 
 
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".webp", ".bmp")  # what a listing treats as images
+
+
 class ImageError(ValueError):
     """Bytes that cannot be decoded into a picture; the message names the input and why."""
 

@@ -1,7 +1,7 @@
 """``dip report``: a run's results as a summary (terminal, CSV, Markdown) and a self-contained HTML page.
 
 1. Read every result row under ``<output>/results/`` and keep each image's latest attempt (the
-   highest ``attempt``, ties by ``finished_at``).
+   latest ``finished_at``, whatever its configuration; ties by ``attempt``).
 2. Summarise per suite and task: images ok/failed; mean and median PSNR, psnr_y (super-resolution)
    and SSIM; each baseline's mean (the input, bicubic or the input, the TV prior); the difference
    to the paper's figure (``paper_psnr``, on the suite's paper metric); GPU- and CPU-seconds.
@@ -49,10 +49,11 @@ _EPOCH = dt.datetime.min.replace(tzinfo=dt.timezone.utc)
 
 
 def latest_rows(table: pa.Table) -> list[dict]:
-    """One row per image: the highest ``attempt``, ties broken by the latest ``finished_at``."""
+    """One row per image: the latest ``finished_at`` (attempts count per configuration, so the
+    attempt number alone would prefer an old configuration's retry), ties by ``attempt``."""
     best: dict[str, tuple] = {}
     for row in table.to_pylist():
-        key = (row.get("attempt") or 0, row.get("finished_at") or _EPOCH)
+        key = (row.get("finished_at") or _EPOCH, row.get("attempt") or 0)
         if row["image_id"] not in best or key > best[row["image_id"]][0]:
             best[row["image_id"]] = (key, row)
     return sorted((row for _, row in best.values()), key=lambda r: (r.get("suite") or "", r["image_id"]))
@@ -87,8 +88,9 @@ def summarize(rows: list[dict]) -> list[dict]:
         mean = entry[f"{metric}_mean"]
         entry.update(paper_metric=metric, paper_psnr=papers[0] if papers else None,
                      paper_delta=mean - papers[0] if papers and mean is not None else None)
-        entry["gpu_seconds"] = sum(r.get("seconds") or 0.0 for r in members if (r.get("device") or "").startswith("cuda"))
-        entry["cpu_seconds"] = sum(r.get("seconds") or 0.0 for r in members if (r.get("device") or "") == "cpu")
+        seconds = [(r.get("device") or "", r.get("seconds") or 0.0) for r in members]
+        entry["gpu_seconds"] = sum((s for device, s in seconds if device.startswith("cuda")), 0.0)
+        entry["cpu_seconds"] = sum((s for device, s in seconds if device == "cpu"), 0.0)
         summary.append(entry)
     return summary
 

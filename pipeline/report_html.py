@@ -5,8 +5,9 @@ side files). Per image: a strip degraded | restored | reference. The degraded in
 fit saw, rebuilt from the run's plan (``runs/<run_id>.plan.parquet``): the file itself, times
 the mask for inpainting, or ``synthesize(clean, degradation, seed)`` for rows with a degradation.
 Plots (matplotlib, Agg): PSNR against iteration from each row's ``history``, and a histogram of
-the PSNR gains over the baseline. A small script marks ``<body data-images-loaded="N"
-data-images-total="M">`` once the page has loaded, for headless-browser checks.
+the gains over the baseline (on the suite's paper metric: PSNR-Y for super-resolution). A small
+script marks ``<body data-images-loaded="N" data-images-total="M">`` once the page has loaded, for
+headless-browser checks.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ MAX_CURVES = 12  # lines per PSNR-versus-iteration plot
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 24px; color: #222; background: #fff; }
 h1 { font-size: 22px; } h2 { font-size: 18px; margin-top: 32px; }
-table { border-collapse: collapse; font-size: 13px; }
+table { border-collapse: collapse; font-size: 12px; } .plots { display: flex; flex-wrap: wrap; gap: 12px; }
 th, td { border: 1px solid #ccc; padding: 3px 8px; text-align: right; }
 th { background: #f0f0f0; } td.text, th.text { text-align: left; }
 .image { margin: 16px 0; } .image h3 { font-size: 14px; margin: 4px 0; }
@@ -55,30 +56,32 @@ def render(output: str, summary: list[dict], rows: list[dict], storage_options: 
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>dip report: {e(output)}</title>",
              f"<style>{STYLE}</style><script>{LOADED_SCRIPT}</script></head><body>",
              f"<h1>dip report: {e(output)}</h1>",
-             f"<p class='note'>{len(rows)} images; generated {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC. "
-             f"{e(NOTE)}</p>"]
+             (f"<p class='note'>{len(rows)} images; generated {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC. "
+              f"{e(NOTE)}</p>")]
 
     # 1. The summary table.
     columns = shown_columns(summary)
     head = "".join(f"<th class='{'text' if c in ('suite', 'task') else ''}'>{e(LABELS.get(c, c))}</th>" for c in columns)
     body = "".join("<tr>" + "".join(f"<td class='{'text' if c in ('suite', 'task') else ''}'>{e(cell(s, c))}</td>"
-                                    for c in columns) + f"<td class='text'>{e(paper_figures(s['suite']))}</td></tr>"
-                   for s in summary)
-    parts.append(f"<h2>Summary</h2><table><tr>{head}<th class='text'>paper figures</th></tr>{body}</table>")
+                                    for c in columns) + "</tr>" for s in summary)
+    parts.append(f"<h2>Summary</h2><table><tr>{head}</tr>{body}</table>")
+    papers = dict.fromkeys(f"{s['suite']}: {paper_figures(s['suite'])}" for s in summary if paper_figures(s["suite"]))
+    if papers:
+        parts.append("<p class='note'>The paper's figures (dB): " + "; ".join(e(p) for p in papers) + ".</p>")
 
     # 2. Plots.
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for row in rows:
         groups[(row.get("suite") or "-", row.get("task") or "?")].append(row)
-    parts.append("<h2>PSNR against iteration</h2>")
+    parts.append("<h2>PSNR against iteration, and the gain over the baseline</h2><div class='plots'>")
     for (suite, task), members in sorted(groups.items()):
         png = curves_png(f"{suite} / {task}", members)
-        parts.append(_img(png, f"PSNR curves {suite} {task}", width=640) if png else
+        parts.append(_img(png, f"PSNR curves {suite} {task}", width=480) if png else
                      f"<p class='note'>{e(suite)} / {e(task)}: no history recorded.</p>")
     gains = histogram_png(groups)
-    parts.append("<h2>PSNR gain over the baseline</h2>")
-    parts.append(_img(gains, "PSNR gains", width=640) if gains else "<p class='note'>No image has both a PSNR and "
+    parts.append(_img(gains, "PSNR gains", width=480) if gains else "<p class='note'>No image has both a PSNR and "
                  "a finite baseline PSNR.</p>")
+    parts.append("</div>")
 
     # 3. Failures.
     failures = [r for r in rows if r["status"] != "ok"]
@@ -92,7 +95,7 @@ def render(output: str, summary: list[dict], rows: list[dict], storage_options: 
 
     # 4. One strip per image: degraded | restored | reference.
     done = [r for r in rows if r["status"] == "ok"]
-    parts.append(f"<h2>Images</h2><p class='note'>degraded (what the fit saw) | restored | reference"
+    parts.append("<h2>Images</h2><p class='note'>degraded (what the fit saw) | restored | reference"
                  + (f"; the first {max_images} of {len(done)}" if len(done) > max_images else "") + ".</p>")
     plans: dict[str, dict] = {}
     for row in done[:max_images]:
@@ -213,7 +216,7 @@ def curves_png(title: str, rows: list[dict]) -> bytes | None:
             curves.append((row["image_id"], key, points))
     if not curves:
         return None
-    fig = Figure(figsize=(6.4, 3.6))
+    fig = Figure(figsize=(4.8, 3.2))
     ax = fig.subplots()
     for image_id, _, points in curves[:MAX_CURVES]:
         ax.plot(*zip(*points), marker=".", label=image_id)
@@ -228,24 +231,30 @@ def curves_png(title: str, rows: list[dict]) -> bytes | None:
 
 
 def histogram_png(groups: dict[tuple, list[dict]]) -> bytes | None:
-    """Histogram of psnr - psnr_baseline (dB) over the ok images, stacked per suite and task."""
+    """Histogram of the gains over the baseline (dB) of the ok images, on each suite's paper metric
+    (psnr - psnr_baseline; psnr_y - psnr_y_baseline for super-resolution), stacked per suite and task."""
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    from .report import paper_metric
 
     labels, gains = [], []
     for (suite, task), members in sorted(groups.items()):
-        values = [r["psnr"] - r["psnr_baseline"] for r in members if r["status"] == "ok"
-                  and r.get("psnr") is not None and r.get("psnr_baseline") is not None
-                  and math.isfinite(r["psnr"] - r["psnr_baseline"])]
+        metric = paper_metric(suite, task)
+        baseline = "psnr_y_baseline" if metric == "psnr_y" else "psnr_baseline"
+        values = [r[metric] - r[baseline] for r in members if r["status"] == "ok" and r.get(metric) is not None
+                  and r.get(baseline) is not None and math.isfinite(r[metric] - r[baseline])]
         if values:
-            labels.append(f"{suite} / {task} ({len(values)})")
+            labels.append(f"{suite} / {task}: {metric} ({len(values)})")
             gains.append(values)
     if not gains:
         return None
-    fig = Figure(figsize=(6.4, 3.2))
+    fig = Figure(figsize=(4.8, 3.2))
     ax = fig.subplots()
     ax.hist(gains, bins=min(30, max(5, sum(map(len, gains)))), stacked=True, label=labels)
     ax.axvline(0, color="black", linewidth=0.8)
-    ax.set(xlabel="PSNR gain over the baseline (dB): psnr - psnr_baseline", ylabel="images")
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set(title="Gain over the baseline", xlabel="PSNR - baseline PSNR (dB)", ylabel="images")
     ax.legend(fontsize=7)
     fig.tight_layout()
     return _figure_png(fig)

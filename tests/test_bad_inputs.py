@@ -6,27 +6,21 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
 from pipeline import results, storage
 from pipeline.cli_run import EXIT_IMAGES_FAILED, EXIT_NOT_STARTED
-from tests.bad_inputs import MAX_PIXELS, encode, gradient, image_cases, manifest_cases
+from tests.bad_inputs import MAX_PIXELS, encode, image_cases, manifest_cases
 from tests.test_batch import dip_run
+from tests.test_manifest import write_manifest as write_rows
 
 
 def write_manifest(url: str, rows, options) -> str:
-    if isinstance(rows, bytes):
+    if isinstance(rows, bytes):  # a file that is not Parquet
         storage.write_bytes(url, rows, options)
         return url
-    columns = sorted({k for row in rows for k in row}) or ["image_id", "uri"]
-    table = pa.table({c: pa.array([row.get(c) for row in rows], pa.string()) for c in columns})
-    sink = pa.BufferOutputStream()
-    pq.write_table(table, sink)
-    storage.write_bytes(url, sink.getvalue().to_pybytes(), options)
-    return url
+    return write_rows(url, rows, options)
 
 
 def all_keys(bucket: str, options) -> list[str]:

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
-import pytest
 from click.testing import CliRunner
 from PIL import Image
 
@@ -35,14 +34,7 @@ def make_dataset(prefix: str, storage_options=None) -> str:
         {"image_id": "b", "uri": storage.join(prefix, "in", "b.png"), "degradation": "downsample:2", "box": "B2"},
         {"image_id": "c", "uri": storage.join(prefix, "in", "c.png"), "box": "B3"},
     ]
-    columns = sorted({k for row in rows for k in row})
-    import pyarrow as pa
-
-    sink = pa.BufferOutputStream()
-    pq.write_table(pa.table({c: [row.get(c) for row in rows] for c in columns}), sink)
-    url = storage.join(prefix, "manifest.parquet")
-    storage.write_bytes(url, sink.getvalue().to_pybytes(), storage_options)
-    return url
+    return write_manifest(storage.join(prefix, "manifest.parquet"), rows, storage_options)
 
 
 def dip_run(manifest: str, output: str, *extra: str):

@@ -28,19 +28,7 @@ def dataset(prefix: str, options=None) -> str:
         uri = storage.join(prefix, "in", f"img{i}.png")
         storage.write_bytes(uri, png_bytes(48, 48, seed=i), options)
         rows.append({"image_id": f"img{i}", "uri": uri, "degradation": "noise:25"})
-    return write_manifest_with(storage.join(prefix, "manifest.parquet"), rows, options)
-
-
-def write_manifest_with(url, rows, options):
-    if options is None:
-        return write_manifest(url, rows)
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    sink = pa.BufferOutputStream()
-    pq.write_table(pa.Table.from_pylist(rows), sink)
-    storage.write_bytes(url, sink.getvalue().to_pybytes(), options)
-    return url
+    return write_manifest(storage.join(prefix, "manifest.parquet"), rows, options)
 
 
 def start_run(manifest: str, output: str, options=None, iterations: int = 150) -> subprocess.Popen:

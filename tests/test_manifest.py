@@ -11,12 +11,14 @@ from pipeline.restore import Options
 DEFAULTS = Options(task="denoise", preset="cpu-small")
 
 
-def write_manifest(url: str, rows: list[dict]) -> str:
-    columns = sorted({k for row in rows for k in row})
-    table = pa.table({c: [row.get(c) for row in rows] for c in columns})
+def write_manifest(url: str, rows: list[dict], storage_options: dict | None = None) -> str:
+    """A manifest with the union of the rows' columns (missing values null); for tests."""
+    columns = sorted({k for row in rows for k in row}) or ["image_id", "uri"]
+    table = pa.table({c: [row.get(c) for row in rows] for c in columns} if rows else
+                     {c: pa.array([], pa.string()) for c in columns})
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink)
-    storage.write_bytes(url, sink.getvalue().to_pybytes())
+    storage.write_bytes(url, sink.getvalue().to_pybytes(), storage_options)
     return url
 
 
