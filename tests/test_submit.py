@@ -32,7 +32,7 @@ def free_port() -> int:
 @pytest.fixture(scope="module")
 def ray_head():
     """`ray start --head --block` on loopback with the dashboard (Jobs API); stopped by its
-    process group at the end (never `ray stop`, which would stop other clusters too)."""
+    process group at the end (not the ray CLI's stop command, which would stop other clusters too)."""
     tmp = Path(tempfile.mkdtemp(prefix="rh", dir="/tmp"))  # short: Ray's socket paths must fit 107 bytes
     port, dashboard = free_port(), free_port()
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "RAY_AUTH_MODE": "token"}
