@@ -25,6 +25,7 @@ from . import manifest, results, storage
 from .restore import Options
 
 PLAN_ROW_GROUP = 1000
+KEEP_OK, KEEP_FAILED = 50, 1000  # rows the driver keeps for the summary table; the results table has all
 
 
 @dataclass(frozen=True)
@@ -55,7 +56,15 @@ class RunSummary:
     ok: int = 0
     failed: int = 0
     seconds: float = 0.0
-    rows: list[dict] = field(default_factory=list)  # per image this run: id, status, psnr, seconds, error
+    rows: list[dict] = field(default_factory=list)  # a sample for the summary table: failures first
+
+    def add(self, row: dict) -> None:
+        """Count one result; keep at most KEEP_FAILED failures and KEEP_OK ok rows (not millions)."""
+        ok = row["status"] == "ok"
+        self.ok += ok
+        self.failed += not ok
+        if (ok and self.ok <= KEEP_OK) or (not ok and self.failed <= KEEP_FAILED):
+            self.rows.append(row)
 
     @property
     def complete(self) -> bool:
@@ -180,9 +189,7 @@ def run(config: RunConfig, on_result: Callable[[dict], None] | None = None,
         )
         for row in fitted.iter_rows():
             row = {k: _plain(v) for k, v in row.items()}
-            summary.ok += row["status"] == "ok"
-            summary.failed += row["status"] != "ok"
-            summary.rows.append(row)
+            summary.add(row)
             if on_result:
                 on_result(row)
     summary.seconds = time.perf_counter() - clock

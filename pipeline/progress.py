@@ -58,7 +58,8 @@ class RunProgress:
         out = Console()
         if rows:
             out.print(table)
-        if len(rows) > SUMMARY_ROWS:
-            out.print(f"... {len(rows) - SUMMARY_ROWS} more images (see the results table)")
+        shown = min(len(rows), SUMMARY_ROWS)
+        if summary.ok + summary.failed > shown:
+            out.print(f"... {summary.ok + summary.failed - shown} more images (see the results table)")
         out.print(f"{summary.ok} ok, {summary.failed} failed, {summary.skipped} skipped (already done), "
                   f"{summary.total} in the manifest; {summary.seconds:.1f} s")

@@ -141,3 +141,13 @@ def test_manifest_command_lists_images(tmp_path):
     assert len(ids) == 3 and "x.png" in ids and "sub__y.jpg" in ids
     assert all(storage.safe_key(i) == i for i in ids)
     assert all(Path(r["uri"]).exists() for r in rows)
+
+
+def test_the_driver_keeps_a_bounded_sample_of_rows():
+    from pipeline.batch import KEEP_FAILED, KEEP_OK, RunSummary
+
+    summary = RunSummary(run_id="r", total=5000)
+    for i in range(2500):
+        summary.add({"image_id": str(i), "status": "ok" if i % 2 else "error"})
+    assert (summary.ok, summary.failed) == (1250, 1250)
+    assert len(summary.rows) == KEEP_OK + KEEP_FAILED
