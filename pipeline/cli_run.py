@@ -15,7 +15,7 @@ from . import storage
 from .images import IMAGE_SUFFIXES
 from .presets import PRESET_NAMES, TASKS
 
-EXIT_OK, EXIT_IMAGES_FAILED, EXIT_NOT_STARTED = 0, 1, 2
+EXIT_OK, EXIT_IMAGES_FAILED, EXIT_NOT_STARTED, EXIT_BROKE_OFF = 0, 1, 2, 3
 SAMPLES = Path(__file__).resolve().parent / "samples"
 
 
@@ -88,6 +88,7 @@ def run_batch(kwargs: dict, address: str | None, num_cpus: int | None = None, qu
     from .progress import RunProgress
     from .restore import Options
 
+    progress = None
     try:
         storage_options = parse_json_object(kwargs.pop("storage_options"), "--storage-options")
         defaults = Options(**{k: kwargs.pop(k) for k in FIT_OPTION_NAMES})
@@ -99,8 +100,13 @@ def run_batch(kwargs: dict, address: str | None, num_cpus: int | None = None, qu
         start_ray(address, num_cpus)
         with RunProgress(quiet=quiet) as progress:
             summary = run(config, on_result=progress.advance, on_plan=progress.start)
-    except (ManifestError, ValueError, OSError, click.BadParameter) as error:
-        click.echo(f"dip run: could not start: {error}", err=True)
+    except Exception as error:
+        if progress is not None and progress.task is not None:  # fits had begun: rerun to resume
+            click.echo(f"dip run: the run broke off: {type(error).__name__}: {error}", err=True)
+            return EXIT_BROKE_OFF
+        reason = str(error) if isinstance(error, (ManifestError, ValueError, OSError)) else \
+            f"{type(error).__name__}: {error}"
+        click.echo(f"dip run: could not start: {reason}", err=True)
         return EXIT_NOT_STARTED
     progress.print_summary(summary)
     return EXIT_OK if summary.failed == 0 else EXIT_IMAGES_FAILED
