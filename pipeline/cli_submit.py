@@ -12,6 +12,7 @@ import hashlib
 import json
 import shlex
 import sys
+import time
 from pathlib import Path
 
 import click
@@ -68,9 +69,9 @@ def register(main: click.Group) -> None:
         entrypoint = "python jobs/run_batch.py " + shlex.join(arguments)
         existing = _status(client, job_id)
         if existing is None:
-            client.submit_job(entrypoint=entrypoint, submission_id=job_id,
-                              runtime_env={"working_dir": str(PROJECT_ROOT), "excludes": RUNTIME_EXCLUDES},
-                              metadata={"tool": "dip"})
+            _submit(client, entrypoint=entrypoint, submission_id=job_id,
+                    runtime_env={"working_dir": str(PROJECT_ROOT), "excludes": RUNTIME_EXCLUDES},
+                    metadata={"tool": "dip"})
             click.echo(f"submitted {job_id}")
         else:
             click.echo(f"{job_id} was already submitted ({existing}); not submitting it again")
@@ -97,6 +98,21 @@ def register(main: click.Group) -> None:
         if follow:
             sys.exit(_follow(client, submission_id))
         click.echo(client.get_job_logs(submission_id), nl=False)
+
+
+def _submit(client, wait_s: float = 120.0, **job) -> None:
+    """Submit, waiting while a just-started head has no job agent yet ("No available agent")."""
+    deadline = time.monotonic() + wait_s
+    delay = 1.0
+    while True:
+        try:
+            client.submit_job(**job)
+            return
+        except RuntimeError as error:
+            if "No available agent" not in str(error) or time.monotonic() + delay > deadline:
+                raise click.ClickException(f"could not submit {job['submission_id']}: {error}") from None
+        time.sleep(delay)
+        delay = min(delay * 2, 10.0)
 
 
 def _run_arguments(kwargs: dict) -> list[str]:
