@@ -11,10 +11,12 @@ import time
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .early_stop import EarlyStopConfig, MovingVariance
+from .engine import (
+    EngineConfig, check_engine, cudnn_benchmark, make_forward_loss, make_optimizer, to_memory_format,
+)
 from .metrics import psnr
 from .nets import crop_center
 from .operators import FeatureInversion, Operator
@@ -80,6 +82,7 @@ def fit(
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
     time_limit_s: float | None = None,
+    engine: EngineConfig | None = None,
 ) -> FitResult:
     """Fit ``net`` so that ``operator(net(net_input))`` matches ``observation``.
 
@@ -87,19 +90,25 @@ def fit(
     observation: y, [1, C, h, w] in [0, 1] (or a feature map for feature inversion).
     reference: the clean image [1, C, H, W] in [0, 1], only for reporting PSNR.
     time_limit_s: raise FitTimeout once the fit has run this long (checked every iteration).
+    engine: how the iterations run (precision, memory format, compilation; see
+        ``pipeline.engine``); None = ``EngineConfig.fast(device)``. It changes the speed, not the
+        result (up to rounding: bf16 autocast rounds the forward pass).
     The network's output is cropped (centred) to ``operator.image_size(h, w)``.
     """
-    # 1. Put everything on the device; z and its jitter are seeded.
+    # 1. Put everything on the device, in the engine's memory format; z and its jitter are seeded.
     started = time.perf_counter()
+    device = torch.device(device)
+    engine = EngineConfig.fast(device) if engine is None else engine
+    check_engine(engine, dtype)
     net = net.to(device=device, dtype=dtype).train()
     operator = operator.to(device=device, dtype=dtype)
-    z = net_input.to(device=device, dtype=dtype)
+    net, z = to_memory_format(net, net_input.to(device=device, dtype=dtype), engine)
     y = observation.to(device=device, dtype=dtype)
     ref = reference.to(device=device, dtype=torch.float32) if reference is not None else None
     height, width = operator.image_size(*y.shape[-2:])
     generator = torch.Generator(device=z.device).manual_seed(seed)
-    jitter = torch.empty_like(z)
-    optimizer = torch.optim.Adam(net.parameters(), lr=config.lr)
+    jitter = torch.empty(z.shape, device=device, dtype=dtype)  # contiguous: the same draws in every memory format
+    optimizer = make_optimizer(net, config.lr, engine, device)
     stopper = MovingVariance(config.early_stop) if config.early_stop else None
     observation_is_image = not isinstance(operator, FeatureInversion)
 
@@ -109,65 +118,70 @@ def fit(
     jump = 10 ** (config.backtrack_drop_db / 10)
     backtracks, stopped_early, history = 0, False, []
 
-    i = 0
-    while i < config.iterations:
-        i += 1
-        if time_limit_s is not None and time.perf_counter() - started > time_limit_s:
-            raise FitTimeout(f"the fit ran past its time limit of {time_limit_s:g} s at iteration {i}")
-        # 2. Jitter the input (reg_noise_std) so that the net cannot memorise one z.
-        z_i = z
-        if config.reg_noise_std > 0:
-            z_i = z + jitter.normal_(generator=generator) * config.reg_noise_std
+    with cudnn_benchmark(engine, device):
+        # x, loss = forward_loss(z_i): step 3 below, compiled when the engine says so.
+        forward_loss = make_forward_loss(net, operator, y, height, width, engine, z)
+        i = 0
+        while i < config.iterations:
+            i += 1
+            if time_limit_s is not None and time.perf_counter() - started > time_limit_s:
+                raise FitTimeout(f"the fit ran past its time limit of {time_limit_s:g} s at iteration {i}")
+            # 2. Jitter the input (reg_noise_std) so that the net cannot memorise one z.
+            z_i = z
+            if config.reg_noise_std > 0:
+                z_i = z + jitter.normal_(generator=generator) * config.reg_noise_std
 
-        # 3. Forward: x = f(z) on the grid, cropped to the image; loss = ‖A(x) − y‖².
-        x = crop_center(net(z_i), height, width)  # [1, C, H, W]
-        loss = F.mse_loss(operator(x).float(), y.float())
+            # 3. Forward: x = f(z) on the grid, cropped to the image; loss = ‖A(x) − y‖² in fp32.
+            x, loss = forward_loss(z_i)  # [1, C, H, W], scalar
 
-        # 4. Every check_every iterations: one host sync for the loss.
-        if i % config.check_every == 0 or i == config.iterations:
-            loss_value = loss.item()
-            bad = not math.isfinite(loss_value) or loss_value > last_good_loss * jump
-            if bad and not config.backtrack:
-                raise FitDiverged(f"loss became {loss_value} at iteration {i}; try backtracking or a lower lr")
-            if bad:
-                # Backtrack: restore weights, optimizer state and EMA; do not apply this step.
-                backtracks += 1
-                if backtracks > config.max_backtracks:
-                    raise FitDiverged(f"gave up after {config.max_backtracks} backtracks at iteration {i}")
-                ema = _restore(net, optimizer, checkpoint)
-                with torch.no_grad():
-                    candidate = ema if ema is not None else crop_center(net(z), height, width).float()
-                continue
-            last_good_loss = loss_value
-            if config.backtrack:
-                checkpoint = _snapshot(net, optimizer, ema)
+            # 4. Every check_every iterations: one host sync for the loss (every iteration in the
+            #    plain engine, as the reference code does).
+            if engine.host_sync_every_iteration:
+                loss.item()
+            if i % config.check_every == 0 or i == config.iterations:
+                loss_value = loss.item()
+                bad = not math.isfinite(loss_value) or loss_value > last_good_loss * jump
+                if bad and not config.backtrack:
+                    raise FitDiverged(f"loss became {loss_value} at iteration {i}; try backtracking or a lower lr")
+                if bad:
+                    # Backtrack: restore weights, optimizer state and EMA; do not apply this step.
+                    backtracks += 1
+                    if backtracks > config.max_backtracks:
+                        raise FitDiverged(f"gave up after {config.max_backtracks} backtracks at iteration {i}")
+                    ema = _restore(net, optimizer, checkpoint)
+                    with torch.no_grad():
+                        candidate = ema if ema is not None else crop_center(net(z), height, width).float()
+                    continue
+                last_good_loss = loss_value
+                if config.backtrack:
+                    checkpoint = _snapshot(net, optimizer, ema)
 
-        # 5. Step.
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+            # 5. Step.
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
 
-        # 6. Output moving average and the early-stopping detector (all on the device).
-        with torch.no_grad():
-            x = x.detach().float()
-            if config.ema is not None:
-                ema = x.clone() if ema is None else ema.mul_(config.ema).add_(x, alpha=1 - config.ema)
-            candidate = ema if ema is not None else x
-            if stopper is not None:
-                stopper.update(x, candidate, i)
-
-        # 7. History, and the early-stopping decision, at the check cadence.
-        if i % config.check_every == 0 or i == config.iterations:
+            # 6. Output moving average and the early-stopping detector (all on the device).
             with torch.no_grad():
-                entry = {"iteration": i, "loss": loss_value, "seconds": time.perf_counter() - started}
-                if observation_is_image:
-                    entry["psnr_observation"] = psnr(operator(candidate.to(dtype)).float(), y.float())
-                if ref is not None:
-                    entry["psnr_reference"] = psnr(candidate, ref)
-                history.append(entry)
-            if stopper is not None and stopper.should_stop():
-                stopped_early = True
-                break
+                x = x.detach().float()
+                if config.ema is not None:
+                    ema = x.clone() if ema is None else ema.mul_(config.ema).add_(x, alpha=1 - config.ema)
+                candidate = ema if ema is not None else x
+                if stopper is not None:
+                    stopper.update(x, candidate, i)
+
+            # 7. History, and the early-stopping decision, at the check cadence.
+            if i % config.check_every == 0 or i == config.iterations:
+                with torch.no_grad():
+                    entry = {"iteration": i, "loss": loss_value, "seconds": time.perf_counter() - started}
+                    if observation_is_image:
+                        entry["psnr_observation"] = psnr(operator(candidate.to(dtype)).float(), y.float())
+                    if ref is not None:
+                        entry["psnr_reference"] = psnr(candidate, ref)
+                    history.append(entry)
+                if stopper is not None and stopper.should_stop():
+                    stopped_early = True
+                    break
 
     # 8. The result: the output at the variance minimum when early stopping, else the last one.
     if stopper is not None and stopper.best_image is not None:

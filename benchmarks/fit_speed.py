@@ -1,0 +1,185 @@
+"""Fit speed: the fast engine against the plain one on the paper's denoising network.
+
+The same image (F16, resized to --size, Gaussian noise sigma 25 via ``synthesize``), seed and
+iterations for both engines; the paper's ``denoise`` preset (skip net, EMA, backtracking):
+
+- plain: ``EngineConfig.plain()``: fp32, eager, default Adam, a host sync every iteration (the
+  reference code's loop);
+- fast:  ``EngineConfig.fast(device)``: what ``fit`` uses by default.
+
+For each: iterations per second (steady: from the first history entry, at 10% of the
+iterations, to the last, so compilation and warm-up are left out; and total, all included), the
+final PSNR against the clean image (dB), peak memory (CUDA: torch.cuda.max_memory_allocated;
+CPU: the process's ru_maxrss, which never falls, so the later engine's includes the earlier's),
+and the model FLOP utilisation: FLOPs of one forward + backward (counted by
+torch.utils.flop_counter on the meta device) x steady it/s / the device's peak (null where the
+peak is not in PEAK_TFLOPS, e.g. the CPU).
+
+The DIP core only (torch, numpy, Pillow, scikit-image; no Ray, fsspec or Click).
+
+    python benchmarks/fit_speed.py                               # CUDA: 512x512, 300 iterations
+    python benchmarks/fit_speed.py --size 64 --iterations 20     # CPU smoke test (minutes on 2 cores)
+
+Writes benchmarks/results/fit_speed_<device-name-or-cpu>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import platform
+import re
+import resource
+import sys
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch.utils.flop_counter import FlopCounterMode
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from pipeline.engine import EngineConfig  # noqa: E402  (the DIP core only)
+from pipeline.fit import fit  # noqa: E402
+from pipeline.images import Picture  # noqa: E402
+from pipeline.metrics import psnr  # noqa: E402
+from pipeline.nets import build_net, crop_center, grid_size, make_input  # noqa: E402
+from pipeline.operators import Denoise  # noqa: E402
+from pipeline.presets import PAPER  # noqa: E402
+from pipeline.restore import synthesize  # noqa: E402
+
+IMAGE = ROOT.parent / "shared" / "data" / "samples" / "denoising" / "F16_GT.png"
+# Dense peak TFLOP/s by a substring of torch.cuda.get_device_name (NVIDIA's datasheets, SXM).
+# tf32: what cuDNN uses for "fp32" convolutions while torch.backends.cudnn.allow_tf32 is on (the default).
+PEAK_TFLOPS = {
+    "H100": {"bf16": 989.0, "tf32": 494.5, "fp32": 67.0},
+    "H200": {"bf16": 989.0, "tf32": 494.5, "fp32": 67.0},
+}
+
+
+def device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+
+
+def slug(name: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "unknown"
+
+
+def peak_tflops(name: str) -> dict | None:
+    return next((peaks for key, peaks in PEAK_TFLOPS.items() if key in name), None)
+
+
+def clean_image(size: int) -> Picture:
+    """F16 as [1, 3, size, size] in [0, 1]: the centre crop at 512, resized (Lanczos) below that."""
+    image = Image.open(IMAGE).convert("RGB")
+    side = min(image.size)
+    left, top = (image.width - side) // 2, (image.height - side) // 2
+    image = image.crop((left, top, left + side, top + side))
+    if side != size:
+        image = image.resize((size, size), Image.LANCZOS)
+    pixels = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255).permute(2, 0, 1)[None]
+    return Picture(pixels=pixels, alpha=None, bit_depth=8)
+
+
+def flops_per_iteration(size: int) -> int:
+    """FLOPs of one forward + backward of the paper's denoising net at size x size (meta device)."""
+    cfg = PAPER["denoise"].net
+    with torch.device("meta"):
+        net = build_net(cfg).train()
+        z = torch.empty(1, cfg.in_channels, *grid_size(size, size, cfg.depth))
+        y = torch.empty(1, cfg.out_channels, size, size)
+    with FlopCounterMode(display=False) as counter:
+        loss = F.mse_loss(crop_center(net(z), size, size), y)
+        loss.backward()
+    return counter.get_total_flops()
+
+
+def run_engine(name: str, engine: EngineConfig, noisy: Picture, clean: Picture, args, device) -> dict:
+    preset = PAPER["denoise"]
+    config = replace(preset.fit, iterations=args.iterations, check_every=max(1, args.iterations // 10))
+    z = make_input("noise", preset.input_channels, *grid_size(args.size, args.size, preset.net.depth),
+                   torch.Generator().manual_seed(args.seed))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(args.seed)
+        net = build_net(preset.net)
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+    result = fit(net, z, Denoise(), noisy.pixels, config, reference=clean.pixels, seed=args.seed,
+                 device=device, engine=engine)
+    first, last = result.history[0], result.history[-1]
+    steady = (last["iteration"] - first["iteration"]) / (last["seconds"] - first["seconds"]) \
+        if last["iteration"] > first["iteration"] else None
+    if device.type == "cuda":
+        peak_mib = torch.cuda.max_memory_allocated(device) / 2**20
+    else:
+        peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    row = {
+        "engine": name, "config": asdict(engine), "iterations": result.iterations,
+        "seconds": round(result.seconds, 3), "it_per_s_total": round(result.iterations_per_second, 4),
+        "it_per_s_steady": None if steady is None else round(steady, 4),
+        "psnr": round(psnr(result.image, clean.pixels), 3), "backtracks": result.backtracks,
+        "peak_memory_mib": round(peak_mib, 1),
+    }
+    print(f"{name:>5}: {row['it_per_s_steady']} it/s steady, {row['it_per_s_total']} total, "
+          f"PSNR {row['psnr']} dB, peak {row['peak_memory_mib']} MiB", flush=True)
+    return row
+
+
+def main() -> None:
+    cuda = torch.cuda.is_available()
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="cuda" if cuda else "cpu")
+    parser.add_argument("--size", type=int, default=None, help="image side in px (default 512 on CUDA, 128 on the CPU)")
+    parser.add_argument("--iterations", type=int, default=None, help="default 300 on CUDA, 30 on the CPU")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    on_cuda = device.type == "cuda"
+    args.size = args.size or (512 if on_cuda else 128)
+    args.iterations = args.iterations or (300 if on_cuda else 30)
+    if args.size < 32 or args.iterations < 10:
+        parser.error(f"--size must be >= 32 and --iterations >= 10, got {args.size} and {args.iterations}")
+
+    clean = clean_image(args.size)
+    noisy = synthesize(clean, "noise:25", seed=args.seed).observed
+    name = device_name(device)
+    flops = flops_per_iteration(args.size)
+    print(f"{name}, {args.size}x{args.size}, {args.iterations} iterations, "
+          f"{flops / 1e12:.3f} TFLOP per iteration (forward + backward)", flush=True)
+
+    fast_engine = EngineConfig.fast(device)
+    rows = [run_engine("plain", EngineConfig.plain(), noisy, clean, args, device),
+            run_engine("fast", fast_engine, noisy, clean, args, device)]
+    peaks = peak_tflops(name) if on_cuda else None
+    for row in rows:
+        precision = "bf16" if row["config"]["autocast_bf16"] else "tf32" if torch.backends.cudnn.allow_tf32 else "fp32"
+        peak = None if peaks is None else peaks[precision]
+        row["peak_tflops"], row["peak_precision"] = peak, precision if peak else None
+        row["mfu"] = None if peak is None or row["it_per_s_steady"] is None else \
+            round(flops * row["it_per_s_steady"] / (peak * 1e12), 4)
+    plain, fast = rows
+    ratio = fast["it_per_s_steady"] / plain["it_per_s_steady"] if plain["it_per_s_steady"] else None
+    print(f"fast / plain: {ratio:.2f}x steady it/s; MFU plain {plain['mfu']}, fast {fast['mfu']}", flush=True)
+
+    record = {
+        "benchmark": "fit_speed", "device": name, "size": args.size, "iterations": args.iterations,
+        "seed": args.seed, "preset": "denoise", "flops_per_iteration": flops,
+        "speedup_steady": None if ratio is None else round(ratio, 3), "engines": rows,
+        "torch": torch.__version__, "python": platform.python_version(), "cpu_threads": torch.get_num_threads(),
+        "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    args.output.mkdir(parents=True, exist_ok=True)
+    path = args.output / f"fit_speed_{slug(name)}.json"
+    path.write_text(json.dumps(record, indent=2) + "\n")
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

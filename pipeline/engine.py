@@ -1,0 +1,114 @@
+"""How the fit runs on the device: memory format, precision, compilation, optimizer kernel.
+
+``EngineConfig`` changes how fast one iteration runs, never what it computes (up to rounding):
+``plain()`` is the reference code's fp32 eager loop, ``fast(device)`` the defaults ``fit`` uses.
+The helpers below are the pieces ``pipeline.fit.fit`` calls; the loop itself stays in ``fit``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .nets import crop_center
+from .operators import Operator
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    autocast_bf16: bool = False  # forward + operator under torch.autocast(bfloat16); weights and loss stay fp32
+    channels_last: bool = False  # net and input in channels_last memory format
+    compile: bool = False  # torch.compile the forward + loss; eager (with one warning) where that fails
+    fused_adam: bool = False  # torch.optim.Adam(fused=True) on CUDA; the default Adam elsewhere
+    cudnn_benchmark: bool = False  # torch.backends.cudnn.benchmark during the fit (CUDA only; restored after)
+    host_sync_every_iteration: bool = False  # loss.item() every iteration, as the reference code does
+
+    @classmethod
+    def plain(cls) -> "EngineConfig":
+        """The reference code's loop: fp32, eager, default Adam, a host sync every iteration."""
+        return cls(host_sync_every_iteration=True)
+
+    @classmethod
+    def fast(cls, device: str | torch.device) -> "EngineConfig":
+        """What ``fit`` uses by default on ``device``.
+
+        CUDA: everything on. The CPU: everything off (measured on 2 shared cores, torch 2.13: bf16
+        autocast made the paper's net 60x slower, channels_last was no faster, torch.compile took
+        minutes to start; see the README's "Measured"); only the per-iteration host sync is dropped.
+        """
+        if torch.device(device).type == "cuda":
+            return cls(autocast_bf16=True, channels_last=True, compile=True, fused_adam=True, cudnn_benchmark=True)
+        return cls()
+
+
+def check_engine(engine: EngineConfig, dtype: torch.dtype) -> None:
+    if not isinstance(engine, EngineConfig):
+        raise ValueError(f"engine must be an EngineConfig or None, got {engine!r}")
+    if engine.autocast_bf16 and dtype != torch.float32:
+        raise ValueError(f"autocast_bf16 needs dtype torch.float32, got {dtype}; pass engine=EngineConfig.plain()")
+
+
+def to_memory_format(net: nn.Module, z: Tensor, engine: EngineConfig) -> tuple[nn.Module, Tensor]:
+    """The net and its input z [1, Cz, H, W] in channels_last when the engine says so."""
+    if not engine.channels_last:
+        return net, z
+    return net.to(memory_format=torch.channels_last), z.contiguous(memory_format=torch.channels_last)
+
+
+def make_optimizer(net: nn.Module, lr: float, engine: EngineConfig, device: torch.device) -> torch.optim.Optimizer:
+    if engine.fused_adam and device.type == "cuda":
+        return torch.optim.Adam(net.parameters(), lr=lr, fused=True)
+    return torch.optim.Adam(net.parameters(), lr=lr)
+
+
+@contextlib.contextmanager
+def cudnn_benchmark(engine: EngineConfig, device: torch.device) -> Iterator[None]:
+    """torch.backends.cudnn.benchmark on for the block (CUDA with the option on), then as before."""
+    if not (engine.cudnn_benchmark and device.type == "cuda"):
+        yield
+        return
+    before = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = True
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = before
+
+
+def make_forward_loss(net: nn.Module, operator: Operator, y: Tensor, height: int, width: int,
+                      engine: EngineConfig, z: Tensor) -> Callable[[Tensor], tuple[Tensor, Tensor]]:
+    """``forward_loss(z_i) -> (x, loss)``: x = f(z_i) cropped to [1, C, height, width], loss = ‖A(x) − y‖²
+    as an fp32 scalar. Compiled when the engine says so and a trial forward + backward on ``z``
+    compiles; else eager, with one warning naming the error. The trial leaves no trace: the
+    gradients are not accumulated and BatchNorm's running statistics are put back.
+    """
+    device_type = z.device.type
+
+    def forward_loss(z_i: Tensor) -> tuple[Tensor, Tensor]:
+        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=engine.autocast_bf16):
+            x = crop_center(net(z_i), height, width)  # [1, C, H, W]
+            loss = F.mse_loss(operator(x).float(), y.float())  # fp32
+        return x, loss
+
+    if not engine.compile:
+        return forward_loss
+    buffers = {name: b.detach().clone() for name, b in net.named_buffers()}
+    try:
+        compiled = torch.compile(forward_loss)
+        _, loss = compiled(z)
+        torch.autograd.grad(loss, [p for p in net.parameters() if p.requires_grad])  # compiles the backward
+    except Exception as error:  # noqa: BLE001  (any compiler failure: fall back, and say so)
+        warnings.warn(f"torch.compile failed, the fit runs eager: {type(error).__name__}: {error}",
+                      RuntimeWarning, stacklevel=3)
+        compiled = forward_loss
+    finally:
+        with torch.no_grad():
+            for name, b in net.named_buffers():
+                b.copy_(buffers[name])
+    return compiled

@@ -1,0 +1,127 @@
+"""The fit engines: each option changes the speed, not the result (up to rounding)."""
+
+from dataclasses import replace
+
+import pytest
+import torch
+
+from pipeline.engine import EngineConfig
+from pipeline.fit import FitConfig, fit
+from pipeline.metrics import psnr
+from pipeline.nets import NET_VARIANTS, build_net, grid_size, make_input
+from pipeline.operators import Denoise
+
+TINY = NET_VARIANTS["tiny"]
+H, W = 29, 23  # odd, so the net runs on a larger grid and crops back
+CONFIG = FitConfig(iterations=20, lr=0.01, reg_noise_std=1 / 30, ema=0.99, backtrack=True, check_every=10)
+PLAIN = EngineConfig.plain()
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+def noisy_image() -> tuple[torch.Tensor, torch.Tensor]:
+    yy, xx = torch.meshgrid(torch.linspace(0, 1, H), torch.linspace(0, 1, W), indexing="ij")
+    clean = torch.stack([0.2 + 0.6 * xx, 0.3 + 0.5 * yy, 0.7 - 0.4 * xx * yy])[None]  # [1, 3, H, W]
+    return clean, Denoise(25).degrade(clean, torch.Generator().manual_seed(0))
+
+
+def run(engine, device="cpu", config=CONFIG, dtype=torch.float32):
+    clean, noisy = noisy_image()
+    z = make_input("noise", 32, *grid_size(H, W, TINY.depth), torch.Generator().manual_seed(0))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        net = build_net(TINY)
+    return fit(net, z, Denoise(), noisy, config, reference=clean, seed=0, device=device, dtype=dtype, engine=engine)
+
+
+def max_diff(a, b) -> float:
+    return (a.image - b.image).abs().max().item()
+
+
+def test_presets():
+    assert PLAIN == EngineConfig(host_sync_every_iteration=True)
+    assert EngineConfig.fast("cpu") == EngineConfig()  # on 2 CPU cores every option was slower or no faster
+    fast_cuda = EngineConfig.fast("cuda")
+    assert fast_cuda.autocast_bf16 and fast_cuda.channels_last and fast_cuda.compile
+    assert fast_cuda.fused_adam and fast_cuda.cudnn_benchmark and not fast_cuda.host_sync_every_iteration
+
+
+def test_exact_options_on_the_cpu_give_the_plain_result():
+    # No host sync, fused Adam (CUDA only: the default Adam here) and cudnn.benchmark (CUDA only)
+    # change nothing on the CPU; engine=None is EngineConfig.fast("cpu").
+    plain = run(PLAIN)
+    for engine in (EngineConfig(), replace(PLAIN, fused_adam=True), replace(PLAIN, cudnn_benchmark=True), None):
+        assert torch.equal(run(engine).image, plain.image), engine
+
+
+def test_channels_last_matches_plain():
+    plain, fast = run(PLAIN), run(replace(PLAIN, channels_last=True))
+    assert max_diff(plain, fast) < 1e-4
+    assert [e["iteration"] for e in fast.history] == [10, 20]
+
+
+def test_bf16_autocast_is_close_to_plain():
+    plain, fast = run(PLAIN), run(replace(PLAIN, autocast_bf16=True))
+    assert psnr(fast.image, plain.image) > 30
+    assert fast.history[-1]["loss"] == pytest.approx(plain.history[-1]["loss"], rel=0.1)
+
+
+def test_bf16_autocast_needs_float32():
+    with pytest.raises(ValueError, match="autocast_bf16 needs dtype torch.float32, got torch.float64"):
+        run(replace(PLAIN, autocast_bf16=True), dtype=torch.float64)
+
+
+def test_compile_falls_back_to_eager_with_a_warning(monkeypatch):
+    def broken(fn, *args, **kwargs):
+        raise RuntimeError("no compiler here")
+
+    monkeypatch.setattr(torch, "compile", broken)
+    with pytest.warns(RuntimeWarning, match="torch.compile failed, the fit runs eager: RuntimeError: no compiler"):
+        fast = run(replace(PLAIN, compile=True))
+    assert torch.equal(fast.image, run(PLAIN).image)
+
+
+class _BackwardFails(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, loss):
+        return loss.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        raise RuntimeError("backward compile failed")
+
+
+def test_a_failing_compiled_backward_falls_back_to_eager(monkeypatch):
+    # The trial forward runs (BatchNorm's running statistics move), then its backward fails: the
+    # fit must fall back and start from the untouched net.
+    def compile_with_failing_backward(fn, *args, **kwargs):
+        def compiled(z):
+            x, loss = fn(z)
+            return x, _BackwardFails.apply(loss)
+        return compiled
+
+    monkeypatch.setattr(torch, "compile", compile_with_failing_backward)
+    with pytest.warns(RuntimeWarning, match="backward compile failed"):
+        fast = run(replace(PLAIN, compile=True))
+    assert torch.equal(fast.image, run(PLAIN).image)
+
+
+@pytest.mark.slow
+def test_compile_matches_plain():
+    # torch.compile (inductor, a C++ compiler) on the CPU: tens of seconds on 2 cores.
+    plain, fast = run(PLAIN), run(replace(PLAIN, compile=True))
+    assert max_diff(plain, fast) < 1e-3
+
+
+@pytest.mark.gpu
+@cuda
+@pytest.mark.parametrize("option", ["host_sync_every_iteration", "channels_last", "fused_adam", "cudnn_benchmark",
+                                    "autocast_bf16", "compile", "all"])
+def test_each_option_on_cuda_is_close_to_plain(option):
+    off = EngineConfig()  # fp32 eager, no per-iteration sync
+    engine = EngineConfig.fast("cuda") if option == "all" else replace(off, **{option: True})
+    plain, fast = run(off, device="cuda"), run(engine, device="cuda")
+    if option in ("autocast_bf16", "all"):
+        assert psnr(fast.image, plain.image) > 30
+        assert fast.history[-1]["loss"] == pytest.approx(plain.history[-1]["loss"], rel=0.1)
+    else:  # cuDNN picks its algorithms per run: close, not bitwise equal
+        assert max_diff(plain, fast) < 1e-3
