@@ -39,7 +39,12 @@ def ray_head():
     command = [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block",
                "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=2", "--include-dashboard=true",
                "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", f"--temp-dir={tmp}/ray",
-               "--disable-usage-stats"]
+               "--disable-usage-stats",
+               # ports of their own, so that this head does not clash with the session's local Ray
+               # (the dashboard agent's default listen port is fixed: 52365)
+               *(f"--{name}={free_port()}" for name in (
+                   "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "runtime-env-agent-port",
+                   "metrics-export-port", "ray-client-server-port"))]
     log = open(tmp / "ray.log", "wb")
     process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     address = f"http://127.0.0.1:{dashboard}"
