@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from . import manifest, results, storage
+from .images import DEFAULT_MAX_PIXELS
 from .restore import Options
 
 PLAN_ROW_GROUP = 1000
@@ -38,7 +39,7 @@ class RunConfig:
     cpus_per_fit: int = 1  # also the torch threads of each fit
     max_workers: int | None = None  # actors at most (None: as many as the resources allow)
     force: bool = False  # redo images that already have an ok result
-    max_pixels: int = 64_000_000
+    max_pixels: int = DEFAULT_MAX_PIXELS
     run_id: str | None = None
 
     def public(self) -> dict:

@@ -9,13 +9,10 @@ import click
 
 from . import storage
 from .fit import FitDiverged, FitTimeout
-from .images import ImageError, encode_png
+from .images import DEFAULT_MAX_PIXELS, ImageError, encode_png
 from .cli_run import FIT_OPTIONS, parse_json_object, register, with_options
 from .cli_eval import register as register_eval
 from .cli_submit import register as register_submit
-
-DEFAULT_MAX_PIXELS = 64_000_000
-
 
 def configure_threads() -> None:
     """One torch thread per CPU that this process may use (Ray sets OMP_NUM_THREADS)."""

@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 
 from . import storage
-from .images import IMAGE_SUFFIXES
+from .images import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES
 from .presets import PRESET_NAMES, TASKS
 
 EXIT_OK, EXIT_IMAGES_FAILED, EXIT_NOT_STARTED, EXIT_BROKE_OFF = 0, 1, 2, 3
@@ -53,7 +53,7 @@ BATCH_OPTIONS = [
                  help="CPUs (and torch threads) per fit."),
     click.option("--workers", type=click.IntRange(1), help="Fits at once, at most."),
     click.option("--force", is_flag=True, help="Redo images that already have an ok result."),
-    click.option("--max-pixels", type=click.IntRange(1), default=64_000_000, show_default=True),
+    click.option("--max-pixels", type=click.IntRange(1), default=DEFAULT_MAX_PIXELS, show_default=True),
     click.option("--storage-options", default="{}", help="JSON options for fsspec (e.g. endpoint_url)."),
     click.option("--run-id", help="Default: a new UTC timestamp id."),
 ]
@@ -158,7 +158,7 @@ def register(main: click.Group) -> None:
         manifest = demo_manifest(Path(output))
         kwargs = dict(manifest=str(manifest), output=output, task="denoise", preset=preset, scale=None,
                       iterations=None, early_stop=None, seed=0, device="cpu", time_limit_s=None, gpus_per_fit=0, cpus_per_fit=1,
-                      workers=None, force=force, max_pixels=64_000_000, storage_options="{}", run_id=None)
+                      workers=None, force=force, max_pixels=DEFAULT_MAX_PIXELS, storage_options="{}", run_id=None)
         sys.exit(run_batch(kwargs, address=None, num_cpus=min(2, os.cpu_count() or 1)))
 
     @main.command("manifest")

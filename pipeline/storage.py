@@ -29,6 +29,8 @@ import fsspec
 from fsspec.exceptions import FSTimeoutError
 from fsspec.implementations.local import LocalFileSystem
 
+from .images import DEFAULT_MAX_PIXELS, decode
+
 RETRY_S = 60.0  # default total retry budget, seconds
 FIRST_DELAY_S = 0.5  # backoff: 0.5, 1, 2, 4, 8, 8, ... seconds (times a random 0.5-1 against herds)
 MAX_DELAY_S = 8.0
@@ -191,8 +193,6 @@ def safe_key(image_id: str) -> str:
     return image_id
 
 
-def read_picture(url: str, storage_options: dict | None = None, max_pixels: int | None = 64_000_000):
+def read_picture(url: str, storage_options: dict | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS):
     """Read and decode an image (``pipeline.images.Picture``); errors name the URL."""
-    from .images import decode
-
     return decode(read_bytes(url, storage_options), name=url, max_pixels=max_pixels)
