@@ -30,39 +30,60 @@ class EarlyStopConfig:
 
 
 class MovingVariance:
-    """Ring buffer of the last W outputs [1, C, H, W] and the minimum of their variance."""
+    """The windowed variance of the last W outputs of N fits at once ([N, C, H, W], N = 1 for one
+    image) and, per image, the output at its minimum.
+
+    The window's sum and sum of squares are kept in float64, so one update costs O(N·C·H·W)
+    whatever W is. An image whose detector has fired (no new minimum for ``patience``
+    iterations) is frozen: a later minimum does not replace its output, exactly as if its own
+    fit had stopped there.
+    """
 
     def __init__(self, config: EarlyStopConfig):
         self.config = config
-        self.buffer: Tensor | None = None  # [W, C, H, W]
+        self.buffer: Tensor | None = None  # [W, N, C, H, W], the last W outputs
         self.count = 0
-        self.best_variance: Tensor | None = None  # scalar on the device
-        self.best_image: Tensor | None = None  # the candidate image at the minimum
-        self.best_iteration: Tensor | None = None  # scalar on the device
-        self.since_best: Tensor | None = None  # checks since the last minimum
+        self.best_image: Tensor | None = None  # [N, C, H, W], the candidate at each image's minimum
+        self.best_iteration: Tensor | None = None  # [N]
 
     def update(self, output: Tensor, candidate: Tensor, iteration: int) -> None:
-        """Add one raw network output; ``candidate`` is what would be returned at this point."""
-        output = output.detach()[0].float()
+        """Add one raw network output [N, C, H, W]; ``candidate`` is what would be returned now."""
+        output = output.detach().float()
+        w = self.config.window
         if self.buffer is None:
-            w = self.config.window
-            self.buffer = torch.zeros((w, *output.shape), device=output.device)
-            self.best_variance = torch.tensor(float("inf"), device=output.device)
+            n, device = output.shape[0], output.device
+            self.buffer = torch.zeros((w, *output.shape), device=device)
+            self.sum = torch.zeros(output.shape, device=device, dtype=torch.float64)
+            self.sum_sq = torch.zeros(output.shape, device=device, dtype=torch.float64)
+            self.best_variance = torch.full((n,), float("inf"), device=device, dtype=torch.float64)
             self.best_image = candidate.detach().clone()
-            self.best_iteration = torch.tensor(iteration, device=output.device)
-            self.since_best = torch.tensor(0, device=output.device)
-        self.buffer[self.count % self.config.window] = output
+            self.best_iteration = torch.full((n,), iteration, device=device)
+            self.since_best = torch.zeros(n, device=device, dtype=torch.long)
+        slot = self.count % w
+        old = self.buffer[slot].double()
+        new = output.double()
+        self.sum.add_(new - old)
+        self.sum_sq.add_(new * new - old * old)
+        self.buffer[slot] = output
         self.count += 1
-        if self.count < self.config.window:
+        if self.count < w:
             return
-        # VAR_t = 1/W Σ_w ‖x_{t-w} − mean‖², per pixel summed then averaged over pixels
-        variance = self.buffer.var(dim=0, unbiased=False).mean()
-        improved = variance < self.best_variance
+        # VAR_t = 1/W Σ_w ‖x_{t-w} − mean‖², per pixel, averaged over each image's pixels
+        mean = self.sum / w
+        variance = (self.sum_sq / w - mean * mean).flatten(1).mean(1)  # [N]
+        frozen = self.since_best >= self.config.patience
+        improved = (variance < self.best_variance) & ~frozen
         self.best_variance = torch.where(improved, variance, self.best_variance)
-        self.best_image = torch.where(improved, candidate.detach(), self.best_image)
-        self.best_iteration = torch.where(improved, torch.tensor(iteration, device=output.device), self.best_iteration)
-        self.since_best = torch.where(improved, torch.zeros_like(self.since_best), self.since_best + 1)
+        self.best_image = torch.where(improved.view(-1, 1, 1, 1), candidate.detach(), self.best_image)
+        self.best_iteration = torch.where(improved, iteration, self.best_iteration)
+        waited = torch.where(frozen, self.since_best, self.since_best + 1)
+        self.since_best = torch.where(improved, 0, waited)
+
+    def stopped(self) -> Tensor | None:
+        """[N] bool on the device: which images' detectors have fired (None before any update)."""
+        return None if self.buffer is None else self.since_best >= self.config.patience
 
     def should_stop(self) -> bool:
-        """Reads the device state (one host sync): call it every few iterations, not every one."""
-        return self.since_best is not None and int(self.since_best) >= self.config.patience
+        """True once every image's detector has fired. One host sync: call it every few iterations."""
+        stopped = self.stopped()
+        return stopped is not None and bool(stopped.all())

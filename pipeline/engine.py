@@ -10,10 +10,9 @@ from __future__ import annotations
 import contextlib
 import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .nets import crop_center
@@ -25,6 +24,7 @@ class EngineConfig:
     autocast_bf16: bool = False  # forward + operator under torch.autocast(bfloat16); weights and loss stay fp32
     channels_last: bool = False  # net and input in channels_last memory format
     compile: bool = False  # torch.compile the forward + loss; eager (with one warning) where that fails
+    cuda_graphs: bool = False  # compiled forward and backward replayed as CUDA graphs (mode="reduce-overhead")
     fused_adam: bool = False  # torch.optim.Adam(fused=True) on CUDA; the default Adam elsewhere
     cudnn_benchmark: bool = False  # torch.backends.cudnn.benchmark during the fit (CUDA only; restored after)
     host_sync_every_iteration: bool = False  # loss.item() every iteration, as the reference code does
@@ -43,8 +43,16 @@ class EngineConfig:
         minutes to start; see the README's "Measured"); only the per-iteration host sync is dropped.
         """
         if torch.device(device).type == "cuda":
-            return cls(autocast_bf16=True, channels_last=True, compile=True, fused_adam=True, cudnn_benchmark=True)
+            return cls(autocast_bf16=True, channels_last=True, compile=True, cuda_graphs=True, fused_adam=True,
+                       cudnn_benchmark=True)
         return cls()
+
+    def without(self, *names: str) -> "EngineConfig":
+        """This engine with the named options off (``cuda_graphs`` goes with ``compile``)."""
+        off = dict.fromkeys(names, False)
+        if "compile" in names:
+            off["cuda_graphs"] = False
+        return replace(self, **off)
 
 
 def check_engine(engine: EngineConfig, dtype: torch.dtype) -> None:
@@ -52,6 +60,25 @@ def check_engine(engine: EngineConfig, dtype: torch.dtype) -> None:
         raise ValueError(f"engine must be an EngineConfig or None, got {engine!r}")
     if engine.autocast_bf16 and dtype != torch.float32:
         raise ValueError(f"autocast_bf16 needs dtype torch.float32, got {dtype}; pass engine=EngineConfig.plain()")
+    if engine.cuda_graphs and not engine.compile:
+        raise ValueError("cuda_graphs needs compile=True (the graphs are torch.compile's reduce-overhead mode)")
+
+
+def drop_running_stats(net: nn.Module) -> nn.Module:
+    """BatchNorm without running statistics. A DIP net always runs in training mode (batch
+    statistics), so the running averages are never read; dropping them removes a buffer update
+    per layer and lets the compiled step be captured as a CUDA graph (no mutated inputs)."""
+    for module in net.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.track_running_stats = False
+            module.running_mean = module.running_var = module.num_batches_tracked = None
+    return net
+
+
+def begin_step(engine: EngineConfig) -> None:
+    """Tell the CUDA-graph runtime that a new iteration starts (its outputs may be overwritten)."""
+    if engine.cuda_graphs:
+        torch.compiler.cudagraph_mark_step_begin()
 
 
 def to_memory_format(net: nn.Module, z: Tensor, engine: EngineConfig) -> tuple[nn.Module, Tensor]:
@@ -83,8 +110,9 @@ def cudnn_benchmark(engine: EngineConfig, device: torch.device) -> Iterator[None
 
 def make_forward_loss(net: nn.Module, operator: Operator, y: Tensor, height: int, width: int,
                       engine: EngineConfig, z: Tensor) -> Callable[[Tensor], tuple[Tensor, Tensor]]:
-    """``forward_loss(z_i) -> (x, loss)``: x = f(z_i) cropped to [1, C, height, width], loss = ‖A(x) − y‖²
-    as an fp32 scalar. Compiled when the engine says so and a trial forward + backward on ``z``
+    """``forward_loss(z_i) -> (x, loss)``: x = f(z_i) cropped to [N, C, height, width], loss = the sum
+    over the N images of each one's mean squared error ‖A(x_n) − y_n‖² / size, an fp32 scalar
+    (N = 1: ``F.mse_loss``). Compiled when the engine says so and a trial forward + backward on ``z``
     compiles; else eager, with one warning naming the error. The trial leaves no trace: the
     gradients are not accumulated and BatchNorm's running statistics are put back.
     """
@@ -92,15 +120,16 @@ def make_forward_loss(net: nn.Module, operator: Operator, y: Tensor, height: int
 
     def forward_loss(z_i: Tensor) -> tuple[Tensor, Tensor]:
         with torch.autocast(device_type, dtype=torch.bfloat16, enabled=engine.autocast_bf16):
-            x = crop_center(net(z_i), height, width)  # [1, C, H, W]
-            loss = F.mse_loss(operator(x).float(), y.float())  # fp32
+            x = crop_center(net(z_i), height, width)  # [N, C, H, W]
+            loss = (operator(x).float() - y.float()).square().flatten(1).mean(1).sum()  # fp32
         return x, loss
 
     if not engine.compile:
         return forward_loss
     buffers = {name: b.detach().clone() for name, b in net.named_buffers()}
     try:
-        compiled = torch.compile(forward_loss)
+        compiled = torch.compile(forward_loss, mode="reduce-overhead" if engine.cuda_graphs else None)
+        begin_step(engine)
         _, loss = compiled(z)
         torch.autograd.grad(loss, [p for p in net.parameters() if p.requires_grad])  # compiles the backward
     except Exception as error:  # noqa: BLE001  (any compiler failure: fall back, and say so)

@@ -15,9 +15,9 @@ from torch import Tensor, nn
 
 from .early_stop import EarlyStopConfig, MovingVariance
 from .engine import (
-    EngineConfig, check_engine, cudnn_benchmark, make_forward_loss, make_optimizer, to_memory_format,
+    EngineConfig, begin_step, check_engine, cudnn_benchmark, drop_running_stats, make_forward_loss, make_optimizer,
+    to_memory_format,
 )
-from .metrics import psnr
 from .nets import crop_center
 from .operators import FeatureInversion, Operator
 
@@ -95,18 +95,51 @@ def fit(
         result (up to rounding: bf16 autocast rounds the forward pass).
     The network's output is cropped (centred) to ``operator.image_size(h, w)``.
     """
+    if net_input.shape[0] != 1:
+        raise ValueError(f"fit takes one image (z of batch 1), got z {list(net_input.shape)}; use fit_many")
+    return fit_many(net, net_input, operator, observation, config, reference=reference, seeds=[seed],
+                    device=device, dtype=dtype, time_limit_s=time_limit_s, engine=engine)[0]
+
+
+def fit_many(
+    net: nn.Module,
+    net_input: Tensor,
+    operator: Operator,
+    observation: Tensor,
+    config: FitConfig,
+    *,
+    reference: Tensor | None = None,
+    seeds: list[int],
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    time_limit_s: float | None = None,
+    engine: EngineConfig | None = None,
+) -> list[FitResult]:
+    """N independent fits in one loop: ``fit`` for a batch (see ``pipeline.packing``).
+
+    net maps z [N, Cz, H', W'] to [N, C, H', W'] with one independent network per image (N = 1:
+    any DIP net). observation [N, C, h, w], reference [N, C, H, W] or None, seeds: one per image
+    (it seeds that image's input jitter). The loss is the sum of the N images' mean squared
+    errors, so each network gets exactly its own gradient; Adam is elementwise, so each image's
+    fit is the fit it would have alone (up to rounding). Backtracking restores the whole pack;
+    with early stopping the loop runs until every image's detector has fired.
+    """
     # 1. Put everything on the device, in the engine's memory format; z and its jitter are seeded.
     started = time.perf_counter()
     device = torch.device(device)
     engine = EngineConfig.fast(device) if engine is None else engine
     check_engine(engine, dtype)
-    net = net.to(device=device, dtype=dtype).train()
+    n = net_input.shape[0]
+    if len(seeds) != n or observation.shape[0] != n:
+        raise ValueError(f"fit_many needs one seed and one observation per input: z has {n}, "
+                         f"{len(seeds)} seed(s), observation {list(observation.shape)}")
+    net = drop_running_stats(net.to(device=device, dtype=dtype).train())
     operator = operator.to(device=device, dtype=dtype)
     net, z = to_memory_format(net, net_input.to(device=device, dtype=dtype), engine)
     y = observation.to(device=device, dtype=dtype)
     ref = reference.to(device=device, dtype=torch.float32) if reference is not None else None
     height, width = operator.image_size(*y.shape[-2:])
-    generator = torch.Generator(device=z.device).manual_seed(seed)
+    generators = [torch.Generator(device=z.device).manual_seed(s) for s in seeds]
     jitter = torch.empty(z.shape, device=device, dtype=dtype)  # contiguous: the same draws in every memory format
     optimizer = make_optimizer(net, config.lr, engine, device)
     stopper = MovingVariance(config.early_stop) if config.early_stop else None
@@ -119,7 +152,7 @@ def fit(
     backtracks, stopped_early, history = 0, False, []
 
     with cudnn_benchmark(engine, device):
-        # x, loss = forward_loss(z_i): step 3 below, compiled when the engine says so.
+        # x, loss = forward_loss(z_i): step 3 below, compiled (and CUDA-graphed) when the engine says so.
         forward_loss = make_forward_loss(net, operator, y, height, width, engine, z)
         i = 0
         while i < config.iterations:
@@ -129,10 +162,13 @@ def fit(
             # 2. Jitter the input (reg_noise_std) so that the net cannot memorise one z.
             z_i = z
             if config.reg_noise_std > 0:
-                z_i = z + jitter.normal_(generator=generator) * config.reg_noise_std
+                for g, generator in enumerate(generators):
+                    jitter[g].normal_(generator=generator)
+                z_i = z + jitter * config.reg_noise_std
 
-            # 3. Forward: x = f(z) on the grid, cropped to the image; loss = ‖A(x) − y‖² in fp32.
-            x, loss = forward_loss(z_i)  # [1, C, H, W], scalar
+            # 3. Forward: x = f(z) on the grid, cropped to the image; loss = Σ_n ‖A(x_n) − y_n‖² / size.
+            begin_step(engine)
+            x, loss = forward_loss(z_i)  # [N, C, H, W], scalar
 
             # 4. Every check_every iterations: one host sync for the loss (every iteration in the
             #    plain engine, as the reference code does).
@@ -161,9 +197,10 @@ def fit(
             loss.backward()
             optimizer.step()
 
-            # 6. Output moving average and the early-stopping detector (all on the device).
+            # 6. Output moving average and the early-stopping detector (all on the device). A CUDA
+            #    graph's output is overwritten by its next replay: copy it.
             with torch.no_grad():
-                x = x.detach().float()
+                x = x.detach().to(torch.float32, copy=engine.cuda_graphs)
                 if config.ema is not None:
                     ema = x.clone() if ema is None else ema.mul_(config.ema).add_(x, alpha=1 - config.ema)
                 candidate = ema if ema is not None else x
@@ -175,31 +212,42 @@ def fit(
                 with torch.no_grad():
                     entry = {"iteration": i, "loss": loss_value, "seconds": time.perf_counter() - started}
                     if observation_is_image:
-                        entry["psnr_observation"] = psnr(operator(candidate.to(dtype)).float(), y.float())
+                        entry["psnr_observation"] = _psnr_each(operator(candidate.to(dtype)), y)
                     if ref is not None:
-                        entry["psnr_reference"] = psnr(candidate, ref)
+                        entry["psnr_reference"] = _psnr_each(candidate, ref)
                     history.append(entry)
                 if stopper is not None and stopper.should_stop():
                     stopped_early = True
                     break
 
-    # 8. The result: the output at the variance minimum when early stopping, else the last one.
+    # 8. The results: each image's output at its variance minimum when early stopping, else the last.
     if stopper is not None and stopper.best_image is not None:
-        image, best_iteration = stopper.best_image, int(stopper.best_iteration)
+        images, best = stopper.best_image, stopper.best_iteration.tolist()
+        fired = stopper.stopped().tolist()
     else:
-        image, best_iteration = candidate, i
-    image = image.detach().float().cpu()
-    if not torch.isfinite(image).all():
+        images, best, fired = candidate, [i] * n, [False] * n
+    images = images.detach().float().cpu()
+    if not torch.isfinite(images).all():
         raise FitDiverged("the fitted image has NaN or inf values")
-    return FitResult(
-        image=image.clamp(0, 1),
-        best_iteration=best_iteration,
-        iterations=i,
-        stopped_early=stopped_early,
-        backtracks=backtracks,
-        seconds=time.perf_counter() - started,
-        history=history,
-    )
+    seconds = time.perf_counter() - started
+    return [
+        FitResult(
+            image=images[g : g + 1].clamp(0, 1),
+            best_iteration=int(best[g]),
+            iterations=i,
+            stopped_early=stopped_early or bool(fired[g]),
+            backtracks=backtracks,
+            seconds=seconds,
+            history=[{k: v[g] if isinstance(v, list) else v for k, v in entry.items()} for entry in history],
+        )
+        for g in range(n)
+    ]
+
+
+def _psnr_each(x: Tensor, y: Tensor) -> list[float]:
+    """PSNR (dB, peak 1) of each image of two [N, ...] batches: one host sync for all N."""
+    mse = (x.float() - y.float()).square().flatten(1).mean(1).double()
+    return (10 * torch.log10(1 / mse)).tolist()
 
 
 def _snapshot(net: nn.Module, optimizer: torch.optim.Optimizer, ema: Tensor | None) -> dict:

@@ -43,6 +43,13 @@ def test_presets():
     fast_cuda = EngineConfig.fast("cuda")
     assert fast_cuda.autocast_bf16 and fast_cuda.channels_last and fast_cuda.compile
     assert fast_cuda.fused_adam and fast_cuda.cudnn_benchmark and not fast_cuda.host_sync_every_iteration
+    assert fast_cuda.cuda_graphs
+    assert not fast_cuda.without("compile").cuda_graphs and fast_cuda.without("fused_adam").compile
+
+
+def test_cuda_graphs_need_compile():
+    with pytest.raises(ValueError, match="cuda_graphs needs compile=True"):
+        run(replace(PLAIN, cuda_graphs=True))
 
 
 def test_exact_options_on_the_cpu_give_the_plain_result():
@@ -115,10 +122,15 @@ def test_compile_matches_plain():
 @pytest.mark.gpu
 @cuda
 @pytest.mark.parametrize("option", ["host_sync_every_iteration", "channels_last", "fused_adam", "cudnn_benchmark",
-                                    "autocast_bf16", "compile", "all"])
+                                    "autocast_bf16", "compile", "cuda_graphs", "all"])
 def test_each_option_on_cuda_is_close_to_plain(option):
     off = EngineConfig()  # fp32 eager, no per-iteration sync
-    engine = EngineConfig.fast("cuda") if option == "all" else replace(off, **{option: True})
+    if option == "all":
+        engine = EngineConfig.fast("cuda")
+    elif option == "cuda_graphs":
+        engine = replace(off, compile=True, cuda_graphs=True)
+    else:
+        engine = replace(off, **{option: True})
     plain, fast = run(off, device="cuda"), run(engine, device="cuda")
     if option in ("autocast_bf16", "all"):
         assert psnr(fast.image, plain.image) > 30
