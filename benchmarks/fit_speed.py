@@ -51,7 +51,7 @@ from pipeline.metrics import psnr  # noqa: E402
 from pipeline.nets import build_net, crop_center, grid_size, make_input  # noqa: E402
 from pipeline.operators import Denoise  # noqa: E402
 from pipeline.presets import PAPER  # noqa: E402
-from pipeline.restore import synthesize  # noqa: E402
+from pipeline.synthetic import synthesize  # noqa: E402
 
 IMAGE = ROOT.parent / "shared" / "data" / "samples" / "denoising" / "F16_GT.png"
 # Dense peak TFLOP/s by a substring of torch.cuda.get_device_name (NVIDIA's datasheets, SXM).

@@ -40,7 +40,8 @@ sys.path.insert(0, str(ROOT))
 
 from pipeline.evaluate import DEFAULT_DATA, DENOISE_COLOR, PAPER, SET5  # noqa: E402  (standard library only)
 from pipeline.images import read  # noqa: E402
-from pipeline.restore import Options, restore, synthesize  # noqa: E402
+from pipeline.restore import Options, restore  # noqa: E402
+from pipeline.synthetic import synthesize  # noqa: E402
 
 SUITES = ("set5-x4", "denoise-color-25")
 # Which of our figures each paper figure is compared with (None: not something we compute).

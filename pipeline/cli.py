@@ -47,7 +47,8 @@ def main():
 def restore(input_url, output, task, preset, mask, scale, reference, guide, degradation, iterations,
             early_stop, seed, device, time_limit_s, arch, layer, weights, max_pixels, storage_options, as_json):
     """Restore one image INPUT (path or URL) and write a PNG to OUTPUT."""
-    from .restore import Options, resolve_device, restore as run_restore, synthesize
+    from .restore import Options, resolve_device, restore as run_restore
+    from .synthetic import synthesize
 
     configure_threads()
     options_json = parse_json_object(storage_options, "--storage-options")

@@ -150,7 +150,7 @@ def _plan(output: str, run_id: str | None, plans: dict, storage_options: dict | 
 def _inputs(row: dict, plan: dict, storage_options: dict | None):
     """(degraded, reference) pixels [1, C, H, W] in [0, 1] of a row, each None where unknown."""
     from . import storage
-    from .restore import synthesize
+    from .synthetic import synthesize
 
     planned = plan.get(row["image_id"])
     if planned is None:

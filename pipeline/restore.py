@@ -21,7 +21,6 @@ from .metrics import psnr, psnr_y, ssim
 from .nets import build_net, grid_size, make_input
 from .operators import (
     Denoise, FeatureInversion, Inpainting, JpegArtifacts, Operator, SuperResolution,
-    bernoulli_mask, parse_degradation,
 )
 from .presets import TASKS, Preset, get_preset
 
@@ -113,6 +112,32 @@ def restore(
 ) -> Restoration:
     """Restore ``observed`` with DIP. ``mask`` (inpaint, white = known), ``guide`` (flash: the
     flash image) and ``reference`` (the clean image, only for scoring) as the task needs."""
+    job = prepare(observed, options, mask=mask, reference=reference, guide=guide)
+    # 3. Fit.
+    result = fit(job.net, job.z, job.operator, job.y, job.preset.fit, reference=job.reference, seed=options.seed,
+                 device=options.device, time_limit_s=options.time_limit_s)
+    return finish(job, result)
+
+
+@dataclass
+class Prepared:
+    """Everything one fit needs, on the CPU: what ``restore`` fits and ``pipeline.packing`` stacks."""
+
+    observed: Picture
+    options: Options
+    preset: Preset
+    operator: Operator
+    y: Tensor  # [1, C, h, w] the observation in the operator's output space
+    z: Tensor  # [1, Cz, H', W'] the network input on its grid
+    net: torch.nn.Module
+    reference: Tensor | None  # [1, C, H, W]
+    height: int
+    width: int
+
+
+def prepare(observed: Picture, options: Options, *, mask: Picture | None = None, reference: Picture | None = None,
+            guide: Picture | None = None) -> Prepared:
+    """Steps 1-2 of ``restore``: the operator, the observation, the seeded input and network."""
     preset = options.resolve()
     y = observed.pixels  # [1, C, h, w] in [0, 1]
 
@@ -133,24 +158,24 @@ def restore(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(options.seed)
         net = build_net(replace(preset.net, in_channels=z.shape[1], out_channels=observed.channels))
-
-    # 3. Fit.
     ref = _check_reference(reference, observed.channels, height, width)
-    result = fit(net, z, operator, y, preset.fit, reference=ref, seed=options.seed, device=options.device,
-                 time_limit_s=options.time_limit_s)
+    return Prepared(observed, options, preset, operator, y, z, net, ref, height, width)
 
-    # 4. Score against the reference, carry alpha through.
+
+def finish(job: Prepared, result: FitResult) -> Restoration:
+    """Step 4 of ``restore``: score against the reference, carry alpha through."""
+    options, observed, ref, y = job.options, job.observed, job.reference, job.y
     baselines = {}
     if ref is not None and options.task in ("denoise", "sr", "inpaint", "jpeg"):
-        baselines["baseline"] = degraded_input(operator, y.cpu())
+        baselines["baseline"] = degraded_input(job.operator, y.cpu())
         if options.tv_baseline:
-            baselines["tv"] = tv_restore(operator.cpu().float(), y.cpu().float())
+            baselines["tv"] = tv_restore(job.operator.cpu().float(), y.cpu().float())
     metrics = score(options.task, result.image, ref, observed.pixels, baselines)
     alpha = observed.alpha
-    if alpha is not None and alpha.shape[-2:] != (height, width):
-        alpha = F.interpolate(alpha, size=(height, width), mode="bicubic", align_corners=False).clamp(0, 1)
+    if alpha is not None and alpha.shape[-2:] != (job.height, job.width):
+        alpha = F.interpolate(alpha, size=(job.height, job.width), mode="bicubic", align_corners=False).clamp(0, 1)
     picture = Picture(pixels=result.image, alpha=alpha, bit_depth=observed.bit_depth)
-    return Restoration(picture=picture, fit=result, preset=preset, metrics=metrics)
+    return Restoration(picture=picture, fit=result, preset=job.preset, metrics=metrics)
 
 
 def build_operator(options: Options, observed: Picture, mask: Picture | None) -> Operator:
@@ -214,45 +239,6 @@ def resolve_device(device: str) -> str:
     except RuntimeError as error:
         raise ValueError(f"bad device {device!r}: {error}") from None
     return device
-
-
-@dataclass
-class Synthetic:
-    """A degraded observation made from a clean image, ready for ``restore``."""
-
-    observed: Picture
-    reference: Picture
-    task: str
-    mask: Picture | None = None
-    scale: int | None = None
-
-
-def synthesize(clean: Picture, spec: str, seed: int) -> Synthetic:
-    """Degrade ``clean`` by a spec (``noise:25``, ``downsample:4``, ``mask:bernoulli:0.5``,
-    ``jpeg:10``) with a generator seeded by ``seed``. For ``downsample`` the clean image is
-    cropped (top-left) to a multiple of the scale first."""
-    kind, value = parse_degradation(spec)
-    generator = torch.Generator().manual_seed(seed)
-    x = clean.pixels
-    if kind == "noise":
-        return Synthetic(_like(clean, Denoise(value).degrade(x, generator)), clean, "denoise")
-    if kind == "jpeg":
-        return Synthetic(_like(clean, JpegArtifacts(int(value)).degrade(x, generator)), clean, "jpeg")
-    if kind == "downsample":
-        s = int(value)
-        h, w = clean.height // s * s, clean.width // s * s
-        if h == 0 or w == 0:
-            raise ValueError(f"image {clean.width}x{clean.height} is smaller than the scale {s}")
-        crop = Picture(pixels=x[..., :h, :w], alpha=None, bit_depth=clean.bit_depth)
-        low = SuperResolution(s, x.shape[1]).degrade(crop.pixels, generator)
-        return Synthetic(_like(clean, low), crop, "sr", scale=s)
-    mask = bernoulli_mask(clean.height, clean.width, value, generator)
-    observed = Inpainting(mask).degrade(x, generator)
-    return Synthetic(_like(clean, observed), clean, "inpaint", mask=Picture(pixels=mask, alpha=None, bit_depth=8))
-
-
-def _like(clean: Picture, pixels: Tensor) -> Picture:
-    return Picture(pixels=pixels, alpha=None, bit_depth=clean.bit_depth)
 
 
 def _check_reference(reference: Picture | None, channels: int, height: int, width: int) -> Tensor | None:

@@ -6,7 +6,8 @@ import torch
 
 from pipeline.images import Picture, read
 from pipeline.presets import CPU_SMALL, PAPER, get_preset
-from pipeline.restore import Options, restore, synthesize
+from pipeline.restore import Options, restore
+from pipeline.synthetic import synthesize
 
 SAMPLES = Path(__file__).resolve().parents[1] / "pipeline" / "samples"
 
