@@ -2,21 +2,19 @@
 
 1. Plan (driver): stream the manifest, validate every row, drop images that already have an
    ``ok`` result for the same configuration, and write the rest to ``runs/<run_id>.plan.parquet``.
-2. Fit (Ray Data): ``read_parquet(plan) -> map_batches(Restorer, batch_size=1)`` on an actor
-   pool; each actor writes its image's PNG and result row as soon as the fit ends.
+2. Fit (Ray Data): ``read_parquet(plan) -> map_batches(Restorer, batch_size=pack)`` on an actor
+   pool (``pipeline.restorer``); each actor writes its images' PNGs and result rows as soon as
+   their fit ends. With ``pack`` > 1, same-size images of one batch share one packed fit.
 3. Record (driver): ``runs/<run_id>.json``, then ``_SUCCESS`` once every row has a result.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import json
-import os
 import time
-import traceback
 import uuid
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -37,6 +35,7 @@ class RunConfig:
     storage_options: dict = field(default_factory=dict)
     gpus_per_fit: float | None = None  # None: 1 when the cluster has GPUs, else 0 (CPU fits)
     cpus_per_fit: int = 1  # also the torch threads of each fit
+    pack: int = 1  # same-size images fitted together in one batched computation (pipeline.packing)
     max_workers: int | None = None  # actors at most (None: as many as the resources allow)
     force: bool = False  # redo images that already have an ok result
     max_pixels: int = DEFAULT_MAX_PIXELS
@@ -103,59 +102,6 @@ def write_plan(config: RunConfig, run_id: str) -> tuple[str, RunSummary]:
     return plan_url, summary
 
 
-class Restorer:
-    """A Ray Data actor: restores one planned image per call and writes its outputs."""
-
-    def __init__(self, output: str, run_id: str, storage_options: dict, max_pixels: int, threads: int):
-        import torch
-
-        torch.set_num_threads(max(1, threads))
-        self.output, self.run_id = output, run_id
-        self.storage_options, self.max_pixels = storage_options, max_pixels
-
-    def __call__(self, batch: dict) -> dict:
-        rows = [self.restore_one({k: batch[k][i] for k in batch}) for i in range(len(batch["image_id"]))]
-        return {k: [r[k] for r in rows] for k in ("image_id", "status", "error", "psnr", "seconds", "device")}
-
-    def restore_one(self, planned: dict) -> dict:
-        from .restore import resolve_device
-
-        job = manifest.Job.from_row({k: _plain(v) for k, v in planned.items()})
-        started, clock = _now(), time.perf_counter()
-        options = replace(job.options, device=resolve_device(job.options.device))
-        row = {"image_id": job.image_id, "uri": job.uri, "task": options.task, "status": "error",
-               "attempt": int(planned["attempt"]), "config_hash": job.config_hash, "seed": options.seed,
-               "run_id": self.run_id, "started_at": started, "device": options.device}
-        try:
-            row["preset"] = options.resolve().name
-            restored = self.fit(job, options)
-            png_url = storage.join(self.output, "restored", f"{storage.safe_key(job.image_id)}.png")
-            storage.write_bytes(png_url, _encode(restored.picture), self.storage_options)
-            summary = restored.summary()
-            row.update({k: summary[k] for k in (*restored.metrics, "iterations", "best_iteration",
-                                                "stopped_early", "backtracks", "seconds")})
-            row.update(status="ok", output_uri=png_url, history=json.dumps(restored.fit.history))
-        except Exception as error:  # one bad image is an error row; the batch goes on
-            row["error"] = _describe(error)
-        row["finished_at"] = _now()
-        row.setdefault("seconds", time.perf_counter() - clock)
-        results.write_row(self.output, row, job.extra, self.storage_options)
-        return {"image_id": job.image_id, "status": row["status"], "error": row.get("error"),
-                "psnr": row.get("psnr"), "seconds": float(row["seconds"]), "device": options.device}
-
-    def fit(self, job: manifest.Job, options: Options):
-        from .restore import restore, synthesize
-
-        def load(url):
-            return storage.read_picture(url, self.storage_options, self.max_pixels) if url else None
-
-        observed, mask, reference = load(job.uri), load(job.mask_uri), load(job.reference_uri)
-        if job.degradation:
-            synthetic = synthesize(observed, job.degradation, options.seed)
-            observed, reference, mask = synthetic.observed, synthetic.reference, synthetic.mask or mask
-        return restore(observed, options, mask=mask, reference=reference, guide=load(job.guide_uri))
-
-
 def run(config: RunConfig, on_result: Callable[[dict], None] | None = None,
         on_plan: Callable[[RunSummary], None] | None = None) -> RunSummary:
     """Run the batch on the Ray cluster this process is connected to (``ray.init`` first)."""
@@ -179,11 +125,13 @@ def run(config: RunConfig, on_result: Callable[[dict], None] | None = None,
 
         dataset = ray.data.read_parquet(path, filesystem=PyFileSystem(FSSpecHandler(fs)))
         dataset = dataset.repartition(target_num_rows_per_block=1)  # one image per task, streamed
+        from .restorer import Restorer
+
         fitted = dataset.map_batches(
             Restorer,
             fn_constructor_kwargs=dict(output=config.output, run_id=run_id, storage_options=config.storage_options,
                                        max_pixels=config.max_pixels, threads=config.cpus_per_fit),
-            batch_size=1,
+            batch_size=config.pack,
             compute=ray.data.ActorPoolStrategy(min_size=1, max_size=config.max_workers or max(1, todo)),
             num_cpus=config.cpus_per_fit,
             num_gpus=gpus,
@@ -203,20 +151,6 @@ def run(config: RunConfig, on_result: Callable[[dict], None] | None = None,
     if summary.complete:
         storage.write_bytes(storage.join(config.output, "_SUCCESS"), f"{run_id}\n".encode(), config.storage_options)
     return summary
-
-
-def _encode(picture) -> bytes:
-    from .images import encode_png
-
-    return encode_png(picture)
-
-
-def _describe(error: BaseException) -> str:
-    """A one-line error message for the results table (type and message, no traceback)."""
-    text = f"{type(error).__name__}: {error}".replace("\n", " ")
-    if os.environ.get("DIP_DEBUG"):
-        text += " | " + "".join(traceback.format_exception(error)).replace("\n", " ")
-    return text[:2000]
 
 
 def _plain(value):

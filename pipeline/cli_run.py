@@ -51,6 +51,9 @@ BATCH_OPTIONS = [
                  help="GPU share per fit (1, 0.5, 0.25; 0 = CPU). Default: 1 on a cluster with GPUs, else 0."),
     click.option("--cpus-per-fit", type=click.IntRange(1), default=1, show_default=True,
                  help="CPUs (and torch threads) per fit."),
+    click.option("--pack", type=click.IntRange(1, 64), default=1, show_default=True,
+                 help="Images per batch; same-size images of a batch are fitted together as one batched "
+                      "computation (saturates a GPU with small images)."),
     click.option("--workers", type=click.IntRange(1), help="Fits at once, at most."),
     click.option("--force", is_flag=True, help="Redo images that already have an ok result."),
     click.option("--max-pixels", type=click.IntRange(1), default=DEFAULT_MAX_PIXELS, show_default=True),
@@ -96,7 +99,7 @@ def run_batch(kwargs: dict, address: str | None, num_cpus: int | None = None, qu
             manifest=kwargs["manifest"], output=kwargs["output"], defaults=defaults,
             storage_options=storage_options, gpus_per_fit=kwargs["gpus_per_fit"], cpus_per_fit=kwargs["cpus_per_fit"],
             max_workers=kwargs["workers"], force=kwargs["force"], max_pixels=kwargs["max_pixels"],
-            run_id=kwargs["run_id"])
+            run_id=kwargs["run_id"], pack=kwargs.get("pack", 1))
         start_ray(address, num_cpus)
         with RunProgress(quiet=quiet) as progress:
             summary = run(config, on_result=progress.advance, on_plan=progress.start)

@@ -67,13 +67,14 @@ class JpegArtifacts(Operator):
 
 
 class Inpainting(Operator):
-    """Inpainting and missing pixels: A(x) = x ⊙ m with a mask m [1, 1, H, W] (1 = known pixel)."""
+    """Inpainting and missing pixels: A(x) = x ⊙ m with a mask m [1, 1, H, W] (1 = known pixel);
+    [N, 1, H, W] for a pack of N images, one mask each."""
 
     def __init__(self, mask: Tensor):
         super().__init__()
-        if mask.dim() != 4 or mask.shape[:2] != (1, 1):
+        if mask.dim() != 4 or mask.shape[1] != 1:
             raise ValueError(f"mask must have shape [1, 1, H, W], got {list(mask.shape)}")
-        if mask.sum() == 0:
+        if (mask.flatten(1).sum(1) == 0).any():
             raise ValueError("mask has no known pixel (all black): nothing to fit")
         self.register_buffer("mask", (mask > 0.5).float())
 
