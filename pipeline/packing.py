@@ -19,8 +19,10 @@ from torch.func import functional_call, stack_module_state, vmap
 from .engine import drop_running_stats
 from .fit import fit_many
 from .images import Picture
+from .memory import GiB
 from .operators import Denoise, Inpainting, JpegArtifacts, Operator, SuperResolution
 from .restore import Options, Prepared, Restoration, finish, prepare
+from .tiling import memory_budget, memory_needed
 
 PACKABLE_TASKS = ("denoise", "jpeg", "sr", "inpaint")
 
@@ -64,7 +66,7 @@ def pack_key(observed: Picture, options: Options) -> tuple:
     if options.task not in PACKABLE_TASKS:
         return None
     return (options.task, options.preset, options.scale, options.iterations, options.early_stop, options.device,
-            options.time_limit_s, observed.channels, observed.height, observed.width)
+            options.time_limit_s, options.memory_budget_gb, observed.channels, observed.height, observed.width)
 
 
 def restore_many(items: Sequence[dict]) -> list[Restoration]:
@@ -81,6 +83,11 @@ def restore_many(items: Sequence[dict]) -> list[Restoration]:
     if None in keys or len(keys) != 1:
         raise ValueError(f"restore_many needs images of one packable kind (tasks {PACKABLE_TASKS}, one size, one "
                          f"preset, one device); got keys {sorted(map(str, keys))}")
+    needed, budget = memory_needed(items[0]["observed"], items[0]["options"]) * len(items), \
+        memory_budget(items[0]["options"])
+    if needed > budget:
+        raise ValueError(f"a pack of {len(items)} images needs about {needed / GiB:.1f} GiB, over the "
+                         f"{budget / GiB:.1f} GiB budget: pack fewer")
     jobs = [prepare(item["observed"], item["options"], mask=item.get("mask"), reference=item.get("reference"))
             for item in items]
     first, options = jobs[0], jobs[0].options

@@ -20,9 +20,15 @@ from .images import Picture, to_uint8
 from .metrics import psnr, psnr_y, ssim
 from .nets import build_net, grid_size, make_input
 from .operators import (
-    Denoise, FeatureInversion, Inpainting, JpegArtifacts, Operator, SuperResolution,
+    Denoise,
+    FeatureInversion,
+    Inpainting,
+    JpegArtifacts,
+    Operator,
+    SuperResolution,
 )
 from .presets import TASKS, Preset, get_preset
+from .tiling import TILE_OVERLAP_DIVISOR, choose_tile, restore_tiled
 
 
 @dataclass(frozen=True)
@@ -41,12 +47,15 @@ class Options:
     weights: str | None = None  # feature inversion: state-dict file (None = torchvision's cache)
     tv_baseline: bool = False  # also minimise the TV prior with the same data term, and score it
     time_limit_s: float | None = None  # stop the fit with FitTimeout after this many seconds
+    tiling: bool = True  # fit an image beyond the memory budget in overlapping tiles (off: FitTooLarge)
+    memory_budget_gb: float | None = None  # None = the device's free memory (CUDA) or available RAM (CPU)
 
     def __post_init__(self):
         for name, kinds in (("iterations", (int, type(None))), ("early_stop", (bool, type(None))),
                             ("seed", (int,)), ("scale", (int, type(None))), ("device", (str,)),
                             ("preset", (str, type(None))), ("layer", (str,)), ("arch", (str,)),
-                            ("tv_baseline", (bool,)), ("time_limit_s", (int, float, type(None)))):
+                            ("tv_baseline", (bool,)), ("time_limit_s", (int, float, type(None))),
+                            ("tiling", (bool,)), ("memory_budget_gb", (int, float, type(None)))):
             value = getattr(self, name)
             if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
                 raise ValueError(f"option {name} has a bad value {value!r}")
@@ -111,7 +120,16 @@ def restore(
     guide: Picture | None = None,
 ) -> Restoration:
     """Restore ``observed`` with DIP. ``mask`` (inpaint, white = known), ``guide`` (flash: the
-    flash image) and ``reference`` (the clean image, only for scoring) as the task needs."""
+    flash image) and ``reference`` (the clean image, only for scoring) as the task needs.
+
+    A fit whose memory estimate (``pipeline.memory``) exceeds the budget runs in overlapping
+    tiles blended without seams (``pipeline.tiling``), the largest tile that fits; with
+    ``options.tiling`` off it raises ``FitTooLarge`` before anything is allocated.
+    """
+    tile = choose_tile(observed, options)
+    if tile is not None:
+        return restore_tiled(observed, options, mask=mask, reference=reference, guide=guide, tile=tile,
+                             overlap=max(1, tile // TILE_OVERLAP_DIVISOR), restore_one=restore)
     job = prepare(observed, options, mask=mask, reference=reference, guide=guide)
     # 3. Fit.
     result = fit(job.net, job.z, job.operator, job.y, job.preset.fit, reference=job.reference, seed=options.seed,

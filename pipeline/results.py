@@ -23,7 +23,7 @@ COLUMNS = {
     "psnr_input": pa.float64(), "psnr_baseline": pa.float64(), "psnr_y_baseline": pa.float64(),
     "psnr_tv": pa.float64(), "psnr_y_tv": pa.float64(),
     "iterations": pa.int64(), "best_iteration": pa.int64(), "stopped_early": pa.bool_(),
-    "backtracks": pa.int64(), "seconds": pa.float64(), "device": pa.string(), "packed": pa.int64(),
+    "backtracks": pa.int64(), "seconds": pa.float64(), "device": pa.string(), "packed": pa.int64(), "tiles": pa.int64(),
     "attempt": pa.int64(),
     "config_hash": pa.string(), "seed": pa.int64(), "run_id": pa.string(),
     "started_at": pa.timestamp("us", tz="UTC"), "finished_at": pa.timestamp("us", tz="UTC"),
