@@ -5,7 +5,10 @@ iterations for both engines; the paper's ``denoise`` preset (skip net, EMA, back
 
 - plain: ``EngineConfig.plain()``: fp32, eager, default Adam, a host sync every iteration (the
   reference code's loop);
-- fast:  ``EngineConfig.fast(device)``: what ``fit`` uses by default.
+- fast:  ``EngineConfig.fast(device)``: what ``fit`` uses by default;
+- on CUDA, ablations of --ablation-iterations each: a second fast fit in the same process (a
+  new net, as each image of a batch), and the fast engine without CUDA graphs, without
+  torch.compile (and so without graphs), without bf16 autocast.
 
 For each: iterations per second (steady: from the first history entry, at 10% of the
 iterations, to the last, so compilation and warm-up are left out; and total, all included), the
@@ -17,7 +20,7 @@ peak is not in PEAK_TFLOPS, e.g. the CPU).
 
 The DIP core only (torch, numpy, Pillow, scikit-image; no Ray, fsspec or Click).
 
-    python benchmarks/fit_speed.py                               # CUDA: 512x512, 300 iterations
+    python benchmarks/fit_speed.py                               # CUDA: 512x512, 300 iterations + ablations
     python benchmarks/fit_speed.py --size 64 --iterations 20     # CPU smoke test (minutes on 2 cores)
 
 Writes benchmarks/results/fit_speed_<device-name-or-cpu>.json.
@@ -47,6 +50,7 @@ sys.path.insert(0, str(ROOT))
 from pipeline.engine import EngineConfig  # noqa: E402  (the DIP core only)
 from pipeline.fit import fit  # noqa: E402
 from pipeline.images import Picture  # noqa: E402
+from pipeline.memory import estimate_fit_bytes  # noqa: E402
 from pipeline.metrics import psnr  # noqa: E402
 from pipeline.nets import build_net, crop_center, grid_size, make_input  # noqa: E402
 from pipeline.operators import Denoise  # noqa: E402
@@ -125,9 +129,13 @@ def run_engine(name: str, engine: EngineConfig, noisy: Picture, clean: Picture, 
         "it_per_s_steady": None if steady is None else round(steady, 4),
         "psnr": round(psnr(result.image, clean.pixels), 3), "backtracks": result.backtracks,
         "peak_memory_mib": round(peak_mib, 1),
+        "estimated_memory_mib": round(estimate_fit_bytes(
+            preset.net, args.size, args.size, in_channels=preset.input_channels, out_channels=3,
+            bf16=engine.autocast_bf16, backtrack=config.backtrack) / 2**20, 1),
     }
-    print(f"{name:>5}: {row['it_per_s_steady']} it/s steady, {row['it_per_s_total']} total, "
-          f"PSNR {row['psnr']} dB, peak {row['peak_memory_mib']} MiB", flush=True)
+    print(f"{name:>18}: {row['it_per_s_steady']} it/s steady, {row['it_per_s_total']} total, "
+          f"PSNR {row['psnr']} dB, peak {row['peak_memory_mib']} MiB (estimate {row['estimated_memory_mib']})",
+          flush=True)
     return row
 
 
@@ -137,6 +145,8 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if cuda else "cpu")
     parser.add_argument("--size", type=int, default=None, help="image side in px (default 512 on CUDA, 128 on the CPU)")
     parser.add_argument("--iterations", type=int, default=None, help="default 300 on CUDA, 30 on the CPU")
+    parser.add_argument("--ablation-iterations", type=int, default=300,
+                        help="CUDA: iterations of each ablation run (0 = none)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args()
@@ -155,29 +165,39 @@ def main() -> None:
           f"{flops / 1e12:.3f} TFLOP per iteration (forward + backward)", flush=True)
 
     fast_engine = EngineConfig.fast(device)
-    rows = [run_engine("plain", EngineConfig.plain(), noisy, clean, args, device),
-            run_engine("fast", fast_engine, noisy, clean, args, device)]
+    # Ablations (CUDA): a second fast fit in the same process (a new net: what each image of a
+    # batch pays once the first has compiled), and the fast engine with one part off.
+    ablations = [("fast, 2nd fit", fast_engine), ("fast - compile", fast_engine.without("compile")),
+                 ("fast - cuda_graphs", fast_engine.without("cuda_graphs")),
+                 ("fast - bf16", fast_engine.without("autocast_bf16"))] if on_cuda and args.ablation_iterations else []
+    runs = [("plain", EngineConfig.plain(), args.iterations), ("fast", fast_engine, args.iterations)]
+    runs += [(label, engine, args.ablation_iterations) for label, engine in ablations]
     peaks = peak_tflops(name) if on_cuda else None
-    for row in rows:
-        precision = "bf16" if row["config"]["autocast_bf16"] else "tf32" if torch.backends.cudnn.allow_tf32 else "fp32"
+    args.output.mkdir(parents=True, exist_ok=True)
+    path = args.output / f"fit_speed_{slug(name)}.json"
+    rows = []
+    for label, engine, iterations in runs:  # the JSON is rewritten after each run: a killed run keeps its rows
+        row = run_engine(label, engine, noisy, clean, argparse.Namespace(**{**vars(args), "iterations": iterations}),
+                         device)
+        precision = "bf16" if engine.autocast_bf16 else "tf32" if on_cuda and torch.backends.cudnn.allow_tf32 else "fp32"
         peak = None if peaks is None else peaks[precision]
         row["peak_tflops"], row["peak_precision"] = peak, precision if peak else None
         row["mfu"] = None if peak is None or row["it_per_s_steady"] is None else \
             round(flops * row["it_per_s_steady"] / (peak * 1e12), 4)
-    plain, fast = rows
-    ratio = fast["it_per_s_steady"] / plain["it_per_s_steady"] if plain["it_per_s_steady"] else None
-    print(f"fast / plain: {ratio:.2f}x steady it/s; MFU plain {plain['mfu']}, fast {fast['mfu']}", flush=True)
-
-    record = {
-        "benchmark": "fit_speed", "device": name, "size": args.size, "iterations": args.iterations,
-        "seed": args.seed, "preset": "denoise", "flops_per_iteration": flops,
-        "speedup_steady": None if ratio is None else round(ratio, 3), "engines": rows,
-        "torch": torch.__version__, "python": platform.python_version(), "cpu_threads": torch.get_num_threads(),
-        "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-    }
-    args.output.mkdir(parents=True, exist_ok=True)
-    path = args.output / f"fit_speed_{slug(name)}.json"
-    path.write_text(json.dumps(record, indent=2) + "\n")
+        rows.append(row)
+        ratio = rows[1]["it_per_s_steady"] / rows[0]["it_per_s_steady"] if len(rows) > 1 else None
+        record = {
+            "benchmark": "fit_speed", "device": name, "size": args.size, "iterations": args.iterations,
+            "ablation_iterations": args.ablation_iterations if ablations else None,
+            "seed": args.seed, "preset": "denoise", "flops_per_iteration": flops,
+            "speedup_steady": None if ratio is None else round(ratio, 3), "engines": rows,
+            "torch": torch.__version__, "python": platform.python_version(), "cpu_threads": torch.get_num_threads(),
+            "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        }
+        path.write_text(json.dumps(record, indent=2) + "\n")
+        if len(rows) == 2:
+            print(f"fast / plain: {ratio:.2f}x steady it/s; PSNR plain {rows[0]['psnr']}, fast {rows[1]['psnr']}; "
+                  f"MFU plain {rows[0]['mfu']}, fast {rows[1]['mfu']}", flush=True)
     print(f"wrote {path}")
 
 

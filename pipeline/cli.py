@@ -9,6 +9,7 @@ import click
 
 from . import storage
 from .fit import FitDiverged, FitTimeout
+from .memory import FitTooLarge
 from .images import DEFAULT_MAX_PIXELS, ImageError, encode_png
 from .cli_run import FIT_OPTIONS, parse_json_object, register, with_options
 from .cli_eval import register as register_eval
@@ -45,7 +46,8 @@ def main():
 @click.option("--storage-options", default="{}", help="JSON options for fsspec (e.g. endpoint_url).")
 @click.option("--json", "as_json", is_flag=True, help="Print metrics and timings as one JSON object.")
 def restore(input_url, output, task, preset, mask, scale, reference, guide, degradation, iterations,
-            early_stop, seed, device, time_limit_s, arch, layer, weights, max_pixels, storage_options, as_json):
+            early_stop, seed, device, time_limit_s, tiling, memory_budget_gb, arch, layer, weights, max_pixels,
+            storage_options, as_json):
     """Restore one image INPUT (path or URL) and write a PNG to OUTPUT."""
     from .restore import Options, resolve_device, restore as run_restore
     from .synthetic import synthesize
@@ -63,10 +65,10 @@ def restore(input_url, output, task, preset, mask, scale, reference, guide, degr
             task, scale = synthetic.task, synthetic.scale or scale
         options = Options(task=task, preset=preset, iterations=iterations, early_stop=early_stop, seed=seed,
                           device=resolve_device(device), scale=scale, arch=arch, layer=layer, weights=weights,
-                          time_limit_s=time_limit_s)
+                          time_limit_s=time_limit_s, tiling=tiling, memory_budget_gb=memory_budget_gb)
         result = run_restore(observed, options, mask=mask_picture, reference=ref, guide=load(guide))
         storage.write_bytes(output, encode_png(result.picture), options_json)
-    except (ImageError, ValueError, OSError, FitDiverged, FitTimeout) as error:
+    except (ImageError, ValueError, OSError, FitDiverged, FitTimeout, FitTooLarge) as error:
         raise click.ClickException(str(error)) from None
     summary = {**result.summary(), "input": input_url, "output": output, "device": options.device, "seed": seed}
     if as_json:

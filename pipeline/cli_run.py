@@ -40,8 +40,13 @@ FIT_OPTIONS = [
     click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, ..."),
     click.option("--time-limit", "time_limit_s", type=click.FloatRange(min=0, min_open=True),
                  help="Seconds a fit may run before it is stopped as an error."),
+    click.option("--tiling/--no-tiling", default=True, show_default=True,
+                 help="Fit an image beyond the memory budget in overlapping tiles (off: refuse it)."),
+    click.option("--memory-budget-gb", type=click.FloatRange(min=0, min_open=True),
+                 help="Memory a fit may use. Default: the device's free memory (CUDA) or available RAM."),
 ]
-FIT_OPTION_NAMES = ("task", "preset", "scale", "iterations", "early_stop", "seed", "device", "time_limit_s")
+FIT_OPTION_NAMES = ("task", "preset", "scale", "iterations", "early_stop", "seed", "device", "time_limit_s",
+                    "tiling", "memory_budget_gb")
 
 BATCH_OPTIONS = [
     click.option("--manifest", required=True, help="Parquet manifest (file or folder), any fsspec URL."),
@@ -160,7 +165,8 @@ def register(main: click.Group) -> None:
         """The main job on an embedded default: bundled samples, a local Ray, the CPU preset."""
         manifest = demo_manifest(Path(output))
         kwargs = dict(manifest=str(manifest), output=output, task="denoise", preset=preset, scale=None,
-                      iterations=None, early_stop=None, seed=0, device="cpu", time_limit_s=None, gpus_per_fit=0, cpus_per_fit=1,
+                      iterations=None, early_stop=None, seed=0, device="cpu", time_limit_s=None, tiling=True,
+                      memory_budget_gb=None, gpus_per_fit=0, cpus_per_fit=1,
                       workers=None, force=force, max_pixels=DEFAULT_MAX_PIXELS, storage_options="{}", run_id=None)
         sys.exit(run_batch(kwargs, address=None, num_cpus=min(2, os.cpu_count() or 1)))
 

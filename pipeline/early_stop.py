@@ -20,7 +20,8 @@ from torch import Tensor
 @dataclass(frozen=True)
 class EarlyStopConfig:
     window: int = 100  # W: outputs in the moving window
-    patience: int = 1000  # P: checks without a new variance minimum before stopping
+    patience: int = 1000  # P: iterations without a new variance minimum before stopping
+    dry_run: bool = False  # detect and keep the output at the minimum, but run the whole budget (to measure)
 
     def __post_init__(self):
         if self.window < 2:
@@ -45,6 +46,7 @@ class MovingVariance:
         self.count = 0
         self.best_image: Tensor | None = None  # [N, C, H, W], the candidate at each image's minimum
         self.best_iteration: Tensor | None = None  # [N]
+        self.variance: Tensor | None = None  # [N], the window's variance at the last update
 
     def update(self, output: Tensor, candidate: Tensor, iteration: int) -> None:
         """Add one raw network output [N, C, H, W]; ``candidate`` is what would be returned now."""
@@ -71,6 +73,7 @@ class MovingVariance:
         # VAR_t = 1/W Σ_w ‖x_{t-w} − mean‖², per pixel, averaged over each image's pixels
         mean = self.sum / w
         variance = (self.sum_sq / w - mean * mean).flatten(1).mean(1)  # [N]
+        self.variance = variance
         frozen = self.since_best >= self.config.patience
         improved = (variance < self.best_variance) & ~frozen
         self.best_variance = torch.where(improved, variance, self.best_variance)

@@ -85,7 +85,11 @@ def to_memory_format(net: nn.Module, z: Tensor, engine: EngineConfig) -> tuple[n
     """The net and its input z [1, Cz, H, W] in channels_last when the engine says so."""
     if not engine.channels_last:
         return net, z
-    return net.to(memory_format=torch.channels_last), z.contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():  # 4-D weights only: a packed net's stacked [N, ...] weights stay as they are
+        for p in net.parameters():
+            if p.dim() == 4:
+                p.data = p.data.contiguous(memory_format=torch.channels_last)
+    return net, z.contiguous(memory_format=torch.channels_last)
 
 
 def make_optimizer(net: nn.Module, lr: float, engine: EngineConfig, device: torch.device) -> torch.optim.Optimizer:

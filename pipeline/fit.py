@@ -215,8 +215,10 @@ def fit_many(
                         entry["psnr_observation"] = _psnr_each(operator(candidate.to(dtype)), y)
                     if ref is not None:
                         entry["psnr_reference"] = _psnr_each(candidate, ref)
+                    if stopper is not None and stopper.variance is not None:
+                        entry["variance"] = stopper.variance.tolist()
                     history.append(entry)
-                if stopper is not None and stopper.should_stop():
+                if stopper is not None and not config.early_stop.dry_run and stopper.should_stop():
                     stopped_early = True
                     break
 

@@ -1,0 +1,143 @@
+"""Packing: images per hour of one-at-a-time fits against packed fits of same-size images.
+
+The paper's denoising preset (skip net, 3000 iterations per image) on noisy 256x256 images
+(the colour-denoising suite's ground truths, centre-cropped and resized, sigma 25 noise):
+
+- one at a time: ``fit`` of one image after another in one process (the second image's steady
+  rate is used: the first pays compilation);
+- packed: ``fit_many`` of N images at once (``pipeline.packing.PackedNets``) for each N of
+  --packs.
+
+Steady iterations per second come from the fits' history (from 10% of the iterations to the
+end); images per hour = N x steady it/s x 3600 / 3000. The PSNR of each image packed and alone
+is recorded too (same seeds: they should agree up to rounding). Both use the default engine
+(``EngineConfig.fast``). The DIP core only (no Ray, fsspec or Click).
+
+    python benchmarks/packing_speed.py                   # CUDA: 256x256, packs of 4 and 8
+    python benchmarks/packing_speed.py --size 32 --iterations 10 --packs 2   # CPU smoke test
+
+Writes benchmarks/results/packing_speed_<device-name-or-cpu>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import platform
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.fit_speed import device_name, slug  # noqa: E402
+from pipeline.evaluate import DEFAULT_DATA, DENOISE_COLOR  # noqa: E402  (standard library only)
+from pipeline.fit import fit, fit_many  # noqa: E402
+from pipeline.images import Picture  # noqa: E402
+from pipeline.metrics import psnr  # noqa: E402
+from pipeline.nets import build_net, grid_size, make_input  # noqa: E402
+from pipeline.operators import Denoise  # noqa: E402
+from pipeline.packing import PackedNets  # noqa: E402
+from pipeline.presets import PAPER  # noqa: E402
+from pipeline.synthetic import synthesize  # noqa: E402
+
+PAPER_ITERATIONS = 3000
+
+
+def images(data: Path, size: int, n: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """n (noisy, clean) pairs [1, 3, size, size], cycling through the suite's ground truths."""
+    out = []
+    for k in range(n):
+        image = Image.open(data / "denoise_color_sigma25" / f"{DENOISE_COLOR[k % len(DENOISE_COLOR)]}_GT.png")
+        image = image.convert("RGB")
+        side = min(image.size)
+        left, top = (image.width - side) // 2, (image.height - side) // 2
+        image = image.crop((left, top, left + side, top + side)).resize((size, size), Image.LANCZOS)
+        clean = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255).permute(2, 0, 1)[None]
+        noisy = synthesize(Picture(pixels=clean, alpha=None, bit_depth=8), "noise:25", seed=k).observed.pixels
+        out.append((noisy, clean))
+    return out
+
+
+def nets_and_inputs(n: int, size: int, seed0: int = 0):
+    preset = PAPER["denoise"]
+    nets, zs = [], []
+    for k in range(n):
+        zs.append(make_input("noise", preset.input_channels, *grid_size(size, size, preset.net.depth),
+                             torch.Generator().manual_seed(seed0 + k)))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed0 + k)
+            nets.append(build_net(preset.net))
+    return nets, zs
+
+
+def steady(history: list[dict]) -> float:
+    first, last = history[0], history[-1]
+    return (last["iteration"] - first["iteration"]) / (last["seconds"] - first["seconds"])
+
+
+def main() -> None:
+    cuda = torch.cuda.is_available()
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="cuda" if cuda else "cpu")
+    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--iterations", type=int, default=300)
+    parser.add_argument("--packs", default="4,8", help="comma-separated pack sizes")
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    packs = [int(p) for p in args.packs.split(",")]
+    config = replace(PAPER["denoise"].fit, iterations=args.iterations, check_every=max(1, args.iterations // 10))
+    pairs = images(args.data, args.size, max(packs))
+    name = device_name(device)
+    record = {"benchmark": "packing_speed", "device": name, "size": args.size, "iterations": args.iterations,
+              "preset": "denoise", "paper_iterations": PAPER_ITERATIONS, "torch": torch.__version__,
+              "python": platform.python_version(), "runs": []}
+    args.output.mkdir(parents=True, exist_ok=True)
+    path = args.output / f"packing_speed_{slug(name)}.json"
+
+    def save(row: dict) -> None:
+        record["runs"].append(row)
+        record["finished_at"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+        path.write_text(json.dumps(record, indent=2) + "\n")
+        print(json.dumps(row), flush=True)
+
+    # One at a time: two images in a row; the second's steady rate is the warm process's.
+    nets, zs = nets_and_inputs(2, args.size)
+    alone = []
+    for k in range(2):
+        started = time.perf_counter()
+        result = fit(nets[k], zs[k], Denoise(), pairs[k][0], config, reference=pairs[k][1], seed=k, device=device)
+        alone.append(psnr(result.image, pairs[k][1]))
+        rate = steady(result.history)
+        save({"mode": "one at a time", "image": k, "it_per_s_steady": round(rate, 3),
+              "seconds_total": round(time.perf_counter() - started, 2), "psnr": round(alone[-1], 3),
+              "images_per_hour": round(rate * 3600 / PAPER_ITERATIONS, 1)})
+    single_rate = rate
+
+    for n in packs:
+        nets, zs = nets_and_inputs(n, args.size)
+        started = time.perf_counter()
+        results = fit_many(PackedNets(nets), torch.cat(zs), Denoise(), torch.cat([p[0] for p in pairs[:n]]),
+                           config, reference=torch.cat([p[1] for p in pairs[:n]]), seeds=list(range(n)),
+                           device=device)
+        rate = steady(results[0].history)
+        psnrs = [psnr(r.image, pairs[k][1]) for k, r in enumerate(results)]
+        save({"mode": "packed", "pack": n, "it_per_s_steady": round(rate, 3),
+              "seconds_total": round(time.perf_counter() - started, 2), "psnr": [round(p, 3) for p in psnrs],
+              "psnr_alone_first_two": [round(p, 3) for p in alone],
+              "images_per_hour": round(n * rate * 3600 / PAPER_ITERATIONS, 1),
+              "ratio_to_one_at_a_time": round(n * rate / single_rate, 3)})
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
