@@ -57,6 +57,7 @@ def main() -> None:
     parser.add_argument("--patience", type=int, default=EarlyStopConfig.patience)
     parser.add_argument("--check-every", type=int, default=50)
     parser.add_argument("--limit", type=int, default=None, help="first N images only")
+    parser.add_argument("--images", default=None, help="comma-separated image names (default: the whole suite)")
     parser.add_argument("--size", type=int, default=None, help="centre-crop each image to size x size (smoke tests)")
     parser.add_argument("--time-budget", type=float, default=540.0, help="seconds, all included")
     parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results")
@@ -73,7 +74,7 @@ def main() -> None:
     args.output.mkdir(parents=True, exist_ok=True)
     path = args.output / f"early_stop_savings_{slug(name)}.json"
 
-    names = DENOISE_COLOR[: args.limit]
+    names = (args.images.split(",") if args.images else list(DENOISE_COLOR))[: args.limit]
     for k, image in enumerate(names):
         elapsed = time.perf_counter() - started
         done = record["images"]

@@ -135,5 +135,6 @@ def test_each_option_on_cuda_is_close_to_plain(option):
     if option in ("autocast_bf16", "all"):
         assert psnr(fast.image, plain.image) > 30
         assert fast.history[-1]["loss"] == pytest.approx(plain.history[-1]["loss"], rel=0.1)
-    else:  # cuDNN picks its algorithms per run: close, not bitwise equal
-        assert max_diff(plain, fast) < 1e-3
+    else:  # cuDNN picks its algorithms per run, and 20 Adam steps amplify the rounding: close, not equal
+        assert psnr(fast.image, plain.image) > 40  # measured on an H200: max pixel differences 1e-3 to 1e-2
+        assert fast.history[-1]["loss"] == pytest.approx(plain.history[-1]["loss"], rel=0.05)  # H200: 2.4% (channels_last)
