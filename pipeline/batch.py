@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import time
 import uuid
 from collections.abc import Callable
@@ -85,6 +86,13 @@ def write_plan(config: RunConfig, run_id: str) -> tuple[str, RunSummary]:
         "config_hash", "extra")] + [("attempt", pa.int64())])
     buffer: list[dict] = []
     sink = pa.BufferOutputStream()
+
+    def flush() -> None:
+        if config.pack > 1:  # neighbours share a packed fit: order each chunk by configuration and size
+            buffer.sort(key=_pack_order)
+        writer.write_table(pa.Table.from_pylist(buffer, schema))
+        buffer.clear()
+
     with pq.ParquetWriter(sink, schema) as writer:
         for job in manifest.plan(config.manifest, config.defaults, storage_options=config.storage_options):
             summary.total += 1
@@ -94,12 +102,25 @@ def write_plan(config: RunConfig, run_id: str) -> tuple[str, RunSummary]:
                 continue
             buffer.append({**job.to_row(), "attempt": done.next_attempt(*key)})
             if len(buffer) >= PLAN_ROW_GROUP:
-                writer.write_table(pa.Table.from_pylist(buffer, schema))
-                buffer = []
+                flush()
         if buffer:
-            writer.write_table(pa.Table.from_pylist(buffer, schema))
+            flush()
     storage.write_bytes(plan_url, sink.getvalue().to_pybytes(), config.storage_options)
     return plan_url, summary
+
+
+def _pack_order(row: dict) -> tuple:
+    """Plan order under packing: the fit options but the (per-image) seed, then the manifest's
+    ``height`` and ``width`` columns where it has them (sizes are unknown before images are read)."""
+    options = {k: v for k, v in json.loads(row["options"]).items() if k != "seed"}
+    extra = json.loads(row["extra"])
+    size = []
+    for name in ("height", "width"):
+        try:
+            size.append(int(extra.get(name) or 0))
+        except (TypeError, ValueError):
+            size.append(0)
+    return (json.dumps(options, sort_keys=True), *size)
 
 
 def run(config: RunConfig, on_result: Callable[[dict], None] | None = None,

@@ -1,5 +1,7 @@
 """Packing: same-size images fitted together give what each gives alone (up to rounding)."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -117,3 +119,26 @@ def test_the_batch_job_packs_same_size_images(ray_local, tmp_path):
     assert table["bad"]["status"] == "error"
     assert {k: table[k]["status"] for k in ("i0", "i1", "i2", "i3")} == dict.fromkeys(("i0", "i1", "i2", "i3"), "ok")
     assert [table[k]["packed"] for k in ("i0", "i1", "i2", "i3")] == [3, 3, 3, 1]
+
+
+def test_with_packing_the_plan_puts_same_size_rows_next_to_each_other(tmp_path):
+    import pyarrow.parquet as pq
+
+    from pipeline.batch import RunConfig, write_plan
+
+    sizes = [(64, 48), (32, 32), (64, 48), (32, 32), (64, 48), (16, 16)]
+    rows = [{"image_id": f"i{k}", "uri": str(tmp_path / f"{k}.png"), "width": w, "height": h}
+            for k, (w, h) in enumerate(sizes)]
+    manifest = write_manifest(str(tmp_path / "manifest.parquet"), rows)
+    config = RunConfig(manifest=manifest, output=str(tmp_path / "out"), defaults=Options(preset="cpu-small"))
+
+    def planned_sizes(pack):
+        plan, summary = write_plan(replace(config, pack=pack), f"run{pack}")
+        assert summary.total == len(rows)
+        by_id = {row["image_id"]: row for row in rows}
+        return [(by_id[r["image_id"]]["width"], by_id[r["image_id"]]["height"]) for r in pq.read_table(plan).to_pylist()]
+
+    assert planned_sizes(1) == sizes  # manifest order without packing
+    grouped = planned_sizes(8)
+    assert sorted(grouped) == sorted(sizes)
+    assert grouped == sorted(grouped, key=lambda s: (s[1], s[0]))  # one configuration: by height, width
