@@ -63,7 +63,7 @@ def register(main: click.Group) -> None:
     def submit(address, submission_id: str | None, wait: bool, **kwargs):
         """Submit ``dip run`` as a Ray Job (working directory packaged, entrypoint jobs/run_batch.py)."""
         check_no_secrets(parse_json_object(kwargs["storage_options"], "--storage-options"))
-        arguments = _run_arguments(kwargs)
+        arguments = _run_arguments(kwargs, click.get_current_context().command.params)
         job_id = submission_id or globals()["submission_id"](arguments)
         client = job_client(address)
         entrypoint = "python jobs/run_batch.py " + shlex.join(arguments)
@@ -115,16 +115,21 @@ def _submit(client, wait_s: float = 120.0, **job) -> None:
         delay = min(delay * 2, 10.0)
 
 
-def _run_arguments(kwargs: dict) -> list[str]:
-    """``dip run`` options for the entrypoint, in a stable order."""
+def _run_arguments(kwargs: dict, params: list[click.Parameter]) -> list[str]:
+    """``dip run`` options for the entrypoint, in a stable order, spelled as the command's own
+    flags (``--time-limit`` for time_limit_s; ``--no-tiling`` for tiling=False)."""
+    options = {p.name: p for p in params if isinstance(p, click.Option)}
     arguments = []
     for name, value in sorted(kwargs.items()):
-        flag = "--" + name.replace("_", "-")
-        if value is None or value is False:
-            if name == "early_stop" and value is False:
-                arguments.append("--no-early-stop")
+        option = options[name]
+        if value is None:
             continue
-        arguments += [flag] if value is True else [flag, str(value)]
+        if option.secondary_opts:  # --x/--no-x
+            arguments.append(option.opts[0] if value else option.secondary_opts[0])
+        elif option.is_flag:
+            arguments += [option.opts[0]] if value else []
+        else:
+            arguments += [option.opts[0], str(value)]
     return arguments
 
 

@@ -58,3 +58,18 @@ def test_restore_as_a_subprocess_keeps_alpha_and_grayscale(tmp_path):
     restored = Image.open(out)
     assert restored.mode == "RGBA" and restored.size == (18, 20)
     assert np.array_equal(np.asarray(restored)[..., 3], rgba[..., 3])
+
+
+def test_submit_passes_every_run_option_through_as_dip_run_spells_it():
+    from pipeline.cli import main
+    from pipeline.cli_submit import _run_arguments
+
+    submit, run = main.commands["submit"], main.commands["run"]
+    given = ["--address", "http://head:8265", "--manifest", "m.parquet", "--output", "out", "--time-limit", "5",
+             "--no-tiling", "--memory-budget-gb", "2.5", "--pack", "4", "--no-early-stop", "--force"]
+    context = submit.make_context("submit", given)
+    options = {k: v for k, v in context.params.items() if k not in ("address", "submission_id", "wait")}
+    arguments = _run_arguments(options, submit.params)
+    received = run.make_context("run", arguments).params
+    assert {k: received[k] for k in options} == options
+    assert received["time_limit_s"] == 5.0 and received["tiling"] is False and received["pack"] == 4
