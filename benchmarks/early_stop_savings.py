@@ -15,9 +15,9 @@ Images run in the suite's order until --time-budget would be exceeded; the JSON 
 after each image. The DIP core only (no Ray, fsspec or Click).
 
     python benchmarks/early_stop_savings.py                        # CUDA
-    python benchmarks/early_stop_savings.py --device cpu --limit 1 --size 48 --iterations 60 --window 10 --patience 20
+    python benchmarks/early_stop_savings.py --device cpu --preset cpu-small --size 96 --check-every 10
 
-Writes benchmarks/results/early_stop_savings_<device-name-or-cpu>.json.
+Writes benchmarks/results/early_stop_savings_<device-name-or-cpu>[_<preset>].json.
 """
 
 from __future__ import annotations
@@ -45,16 +45,17 @@ from pipeline.images import read  # noqa: E402
 from pipeline.metrics import psnr  # noqa: E402
 from pipeline.nets import build_net, grid_size, make_input  # noqa: E402
 from pipeline.operators import Denoise  # noqa: E402
-from pipeline.presets import PAPER  # noqa: E402
+from pipeline.presets import get_preset  # noqa: E402
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
-    parser.add_argument("--iterations", type=int, default=PAPER["denoise"].fit.iterations)
-    parser.add_argument("--window", type=int, default=EarlyStopConfig.window)
-    parser.add_argument("--patience", type=int, default=EarlyStopConfig.patience)
+    parser.add_argument("--preset", default="denoise", help="a denoising preset (denoise, denoise-50, cpu-small)")
+    parser.add_argument("--iterations", type=int, default=None, help="default: the preset's")
+    parser.add_argument("--window", type=int, default=None, help="default: the preset's detector")
+    parser.add_argument("--patience", type=int, default=None, help="default: the preset's detector")
     parser.add_argument("--check-every", type=int, default=50)
     parser.add_argument("--limit", type=int, default=None, help="first N images only")
     parser.add_argument("--images", default=None, help="comma-separated image names (default: the whole suite)")
@@ -64,15 +65,20 @@ def main() -> None:
     args = parser.parse_args()
     started = time.perf_counter()
     device = torch.device(args.device)
-    preset = PAPER["denoise"]
+    preset = get_preset("denoise", args.preset)
+    args.iterations = args.iterations or preset.fit.iterations
+    args.window = args.window or preset.early_stop.window
+    args.patience = args.patience or preset.early_stop.patience
     detector = EarlyStopConfig(window=args.window, patience=args.patience, dry_run=True)
     config = replace(preset.fit, iterations=args.iterations, check_every=args.check_every, early_stop=detector)
     name = device_name(device)
-    record = {"benchmark": "early_stop_savings", "device": name, "preset": "denoise", "iterations": args.iterations,
+    record = {"benchmark": "early_stop_savings", "device": name, "preset": preset.name, "iterations": args.iterations,
+              "size": args.size,
               "window": args.window, "patience": args.patience, "check_every": args.check_every,
               "torch": torch.__version__, "python": platform.python_version(), "images": [], "not_run": []}
     args.output.mkdir(parents=True, exist_ok=True)
-    path = args.output / f"early_stop_savings_{slug(name)}.json"
+    suffix = "" if preset.name == "denoise" else f"_{preset.name}"
+    path = args.output / f"early_stop_savings_{slug(name)}{suffix}.json"
 
     names = (args.images.split(",") if args.images else list(DENOISE_COLOR))[: args.limit]
     for k, image in enumerate(names):
