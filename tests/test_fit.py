@@ -132,6 +132,20 @@ def test_early_stopping_stops_a_noisy_fit_before_its_budget():
     assert result.best_iteration <= result.iterations - 60
 
 
+def test_a_dry_run_detector_runs_the_budget_and_returns_what_stopping_would_have():
+    h, w = 32, 32
+    noisy = Denoise(50).degrade(smooth_image(h, w), torch.Generator().manual_seed(0))
+    detector = EarlyStopConfig(window=20, patience=60)
+    config = FitConfig(iterations=3000, lr=0.01, reg_noise_std=1 / 30, check_every=10, early_stop=detector)
+    stopped = run(Denoise(), noisy, config, h=h, w=w)
+    budget = stopped.iterations + 40
+    dry = run(Denoise(), noisy, replace(config, iterations=budget, early_stop=replace(detector, dry_run=True)), h=h, w=w)
+    assert dry.iterations == budget and dry.stopped_early  # ran on; the detector fired
+    assert dry.best_iteration == stopped.best_iteration
+    assert torch.equal(dry.image, stopped.image)
+    assert all("variance" in e for e in dry.history[2:])
+
+
 def test_moving_variance_finds_the_minimum_of_a_synthetic_sequence():
     # Outputs that first converge (shrinking steps) then drift (growing steps).
     stopper = MovingVariance(EarlyStopConfig(window=5, patience=10))
