@@ -82,7 +82,7 @@ def begin_step(engine: EngineConfig) -> None:
 
 
 def to_memory_format(net: nn.Module, z: Tensor, engine: EngineConfig) -> tuple[nn.Module, Tensor]:
-    """The net and its input z [1, Cz, H, W] in channels_last when the engine says so."""
+    """The net and its input z [N, Cz, H, W] in channels_last when the engine says so."""
     if not engine.channels_last:
         return net, z
     with torch.no_grad():  # 4-D weights only: a packed net's stacked [N, ...] weights stay as they are

@@ -60,7 +60,7 @@ class FitResult:
     image: Tensor  # [1, C, H, W] in [0, 1], on the CPU, float32
     best_iteration: int  # the iteration whose output is returned
     iterations: int  # iterations actually run
-    stopped_early: bool
+    stopped_early: bool  # the early-stopping detector fired (and the loop stopped, unless dry_run)
     backtracks: int
     seconds: float
     history: list[dict] = field(default_factory=list)  # one entry every check_every iterations
