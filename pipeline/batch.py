@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import time
 import uuid
@@ -23,6 +22,7 @@ import pyarrow.parquet as pq
 from . import manifest, results, storage
 from .images import DEFAULT_MAX_PIXELS
 from .restore import Options
+from .restorer import Restorer, plain_value, utc_now
 
 PLAN_ROW_GROUP = 1000
 KEEP_OK, KEEP_FAILED = 50, 1000  # rows the driver keeps for the summary table; the results table has all
@@ -73,7 +73,7 @@ class RunSummary:
 
 
 def new_run_id() -> str:
-    return dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
+    return utc_now().strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
 
 
 def write_plan(config: RunConfig, run_id: str) -> tuple[str, RunSummary]:
@@ -146,8 +146,6 @@ def run(config: RunConfig, on_result: Callable[[dict], None] | None = None,
 
         dataset = ray.data.read_parquet(path, filesystem=PyFileSystem(FSSpecHandler(fs)))
         dataset = dataset.repartition(target_num_rows_per_block=1)  # one image per task, streamed
-        from .restorer import Restorer
-
         fitted = dataset.map_batches(
             Restorer,
             fn_constructor_kwargs=dict(output=config.output, run_id=run_id, storage_options=config.storage_options,
@@ -158,7 +156,7 @@ def run(config: RunConfig, on_result: Callable[[dict], None] | None = None,
             num_gpus=gpus,
         )
         for row in fitted.iter_rows():
-            row = {k: _plain(v) for k, v in row.items()}
+            row = {k: plain_value(v) for k, v in row.items()}
             summary.add(row)
             if on_result:
                 on_result(row)
@@ -166,23 +164,12 @@ def run(config: RunConfig, on_result: Callable[[dict], None] | None = None,
     record = {
         "run_id": run_id, "config": config.public(), "counts": {
             "total": summary.total, "skipped": summary.skipped, "ok": summary.ok, "failed": summary.failed},
-        "seconds": round(summary.seconds, 3), "finished_at": _now().isoformat(), "versions": _versions(),
+        "seconds": round(summary.seconds, 3), "finished_at": utc_now().isoformat(), "versions": _versions(),
     }
     storage.write_json(storage.join(config.output, "runs", f"{run_id}.json"), record, config.storage_options)
     if summary.complete:
         storage.write_bytes(storage.join(config.output, "_SUCCESS"), f"{run_id}\n".encode(), config.storage_options)
     return summary
-
-
-def _plain(value):
-    """numpy scalars from Ray Data rows to Python values."""
-    if hasattr(value, "item") and not isinstance(value, (bytes, str)):
-        return value.item()
-    return value
-
-
-def _now() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
 
 
 def _versions() -> dict:

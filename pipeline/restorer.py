@@ -61,11 +61,11 @@ class Restorer:
     def start(self, planned: dict) -> _Item:
         from .restore import resolve_device
 
-        job = manifest.Job.from_row({k: _plain(v) for k, v in planned.items()})
+        job = manifest.Job.from_row({k: plain_value(v) for k, v in planned.items()})
         options = replace(job.options, device=resolve_device(job.options.device))
         row = {"image_id": job.image_id, "uri": job.uri, "task": options.task, "status": "error",
                "attempt": int(planned["attempt"]), "config_hash": job.config_hash, "seed": options.seed,
-               "run_id": self.run_id, "started_at": _now(), "device": options.device}
+               "run_id": self.run_id, "started_at": utc_now(), "device": options.device}
         return _Item(job, options, row, time.perf_counter())
 
     def load(self, item: _Item) -> dict:
@@ -121,7 +121,7 @@ class Restorer:
                 error = failure
         if error is not None:
             row["error"] = _describe(error)
-        row["finished_at"] = _now()
+        row["finished_at"] = utc_now()
         row.setdefault("seconds", time.perf_counter() - item.clock)
         results.write_row(self.output, row, job.extra, self.storage_options)
 
@@ -146,12 +146,12 @@ def _describe(error: BaseException) -> str:
     return text[:2000]
 
 
-def _plain(value):
+def plain_value(value):
     """numpy scalars from Ray Data rows to Python values."""
     if hasattr(value, "item") and not isinstance(value, (bytes, str)):
         return value.item()
     return value
 
 
-def _now() -> dt.datetime:
+def utc_now() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
