@@ -118,7 +118,8 @@ def make_forward_loss(net: nn.Module, operator: Operator, y: Tensor, height: int
     over the N images of each one's mean squared error ‖A(x_n) − y_n‖² / size, an fp32 scalar
     (N = 1: ``F.mse_loss``). Compiled when the engine says so and a trial forward + backward on ``z``
     compiles; else eager, with one warning naming the error. The trial leaves no trace: the
-    gradients are not accumulated and BatchNorm's running statistics are put back.
+    gradients are not accumulated and any buffer it changed is put back (``fit_many`` drops
+    BatchNorm's running statistics first, so a DIP net has none).
     """
     device_type = z.device.type
 
