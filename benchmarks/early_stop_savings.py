@@ -7,10 +7,11 @@ where it would have stopped and keeps its output, so both come from one fit:
 
 - fixed budget: the output after 3000 iterations (the EMA), its PSNR against the ground truth;
 - early stopping: the detector's output (at the variance minimum), its PSNR, and the iteration
-  at which it would have stopped (the minimum + patience; the budget if it never fired).
+  at which it would have stopped (the budget if it never fired).
 
 The history (every --check-every iterations: PSNR of the EMA and the window's variance) is
-written too, so other patience values can be read off it (at that resolution).
+written too: ``early_stop_replay.py`` replays it through the detector with other patience,
+start and tolerance values (at that resolution), without fitting again.
 Images run in the suite's order until --time-budget would be exceeded; the JSON is rewritten
 after each image. The DIP core only (no Ray, fsspec or Click).
 
@@ -56,7 +57,9 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=None, help="default: the preset's")
     parser.add_argument("--window", type=int, default=None, help="default: the preset's detector")
     parser.add_argument("--patience", type=int, default=None, help="default: the preset's detector")
-    parser.add_argument("--check-every", type=int, default=50)
+    parser.add_argument("--start", type=int, default=None, help="default: the preset's detector")
+    parser.add_argument("--tolerance", type=float, default=None, help="default: the preset's detector")
+    parser.add_argument("--check-every", type=int, default=10)
     parser.add_argument("--limit", type=int, default=None, help="first N images only")
     parser.add_argument("--images", default=None, help="comma-separated image names (default: the whole suite)")
     parser.add_argument("--size", type=int, default=None, help="centre-crop each image to size x size (smoke tests)")
@@ -69,12 +72,16 @@ def main() -> None:
     args.iterations = args.iterations or preset.fit.iterations
     args.window = args.window or preset.early_stop.window
     args.patience = args.patience or preset.early_stop.patience
-    detector = EarlyStopConfig(window=args.window, patience=args.patience, dry_run=True)
+    args.start = preset.early_stop.start if args.start is None else args.start
+    args.tolerance = preset.early_stop.tolerance if args.tolerance is None else args.tolerance
+    detector = EarlyStopConfig(window=args.window, patience=args.patience, start=args.start,
+                               tolerance=args.tolerance, dry_run=True)
     config = replace(preset.fit, iterations=args.iterations, check_every=args.check_every, early_stop=detector)
     name = device_name(device)
     record = {"benchmark": "early_stop_savings", "device": name, "preset": preset.name, "iterations": args.iterations,
               "size": args.size,
-              "window": args.window, "patience": args.patience, "check_every": args.check_every,
+              "window": args.window, "patience": args.patience, "start": args.start,
+              "tolerance": args.tolerance, "check_every": args.check_every,
               "torch": torch.__version__, "python": platform.python_version(), "images": [], "not_run": []}
     args.output.mkdir(parents=True, exist_ok=True)
     suffix = "" if preset.name == "denoise" else f"_{preset.name}"
@@ -101,7 +108,7 @@ def main() -> None:
             net = build_net(preset.net)
         result = fit(net, z, Denoise(), noisy, config, reference=clean, seed=0, device=device)
         fired = result.stopped_early
-        stop = min(result.best_iteration + args.patience, args.iterations) if fired else args.iterations
+        stop = result.fired_at if fired else args.iterations
         row = {"image": image, "width": w, "height": h, "seconds": round(result.seconds, 2),
                "psnr_fixed": round(result.history[-1]["psnr_reference"], 3),
                "psnr_early_stop": round(psnr(result.image, clean), 3), "detector_fired": fired,

@@ -4,7 +4,17 @@ Wang, Li, Zhuang, Chen, Liang, Sun, "Early Stopping for Deep Image Prior" (TMLR 
 DIP first fits the image, then the noise. While it fits the image the outputs still move;
 the running variance of the last ``window`` outputs falls to a minimum near the PSNR peak
 and rises again as the noise gets fitted. The detector keeps the output at the variance
-minimum and signals a stop once no new minimum has come for ``patience`` checks.
+minimum and signals a stop once no new minimum has come for ``patience`` iterations.
+
+Two additions to the paper's rule, both off by default (they reduce to it):
+- ``start``: minima before this iteration do not count. At the very start the outputs are
+  still close to the network's initial grey image and barely move, so the variance can be at
+  its lowest before the fit has begun.
+- ``tolerance``: only a minimum at least this fraction below the last counted one restarts
+  the patience (PyTorch's ReduceLROnPlateau ``threshold_mode="rel"``). Near the PSNR peak the
+  variance creeps down by fractions of a percent for hundreds of iterations; without a
+  tolerance each creep restarts the patience. The output kept is still the one at the lowest
+  variance.
 
 Everything stays on the device: ``update`` does no host synchronisation.
 """
@@ -21,6 +31,8 @@ from torch import Tensor
 class EarlyStopConfig:
     window: int = 100  # W: outputs in the moving window
     patience: int = 1000  # P: iterations without a new variance minimum before stopping
+    start: int = 0  # minima before this iteration do not count
+    tolerance: float = 0.0  # a minimum restarts the patience only if this fraction below the last that did
     dry_run: bool = False  # detect and keep the output at the minimum, but run the whole budget (to measure)
 
     def __post_init__(self):
@@ -28,6 +40,10 @@ class EarlyStopConfig:
             raise ValueError(f"early-stop window must be >= 2, got {self.window!r}")
         if self.patience < 1:
             raise ValueError(f"early-stop patience must be >= 1, got {self.patience!r}")
+        if self.start < 0:
+            raise ValueError(f"early-stop start must be >= 0, got {self.start!r}")
+        if not 0 <= self.tolerance < 1:
+            raise ValueError(f"early-stop tolerance must be in [0, 1), got {self.tolerance!r}")
 
 
 class MovingVariance:
@@ -35,7 +51,7 @@ class MovingVariance:
     image) and, per image, the output at its minimum.
 
     The window's sum and sum of squares are kept in float64, so one update costs O(N·C·H·W)
-    whatever W is. An image whose detector has fired (no new minimum for ``patience``
+    whatever W is. An image whose detector has fired (no counted minimum for ``patience``
     iterations) is frozen: a later minimum does not replace its output, exactly as if its own
     fit had stopped there.
     """
@@ -44,6 +60,7 @@ class MovingVariance:
         self.config = config
         self.buffer: Tensor | None = None  # [W, N, C, H, W], the last W outputs
         self.count = 0
+        self.iteration = 0  # of the last observation
         self.best_image: Tensor | None = None  # [N, C, H, W], the candidate at each image's minimum
         self.best_iteration: Tensor | None = None  # [N]
         self.variance: Tensor | None = None  # [N], the window's variance at the last update
@@ -53,14 +70,9 @@ class MovingVariance:
         output = output.detach().float()
         w = self.config.window
         if self.buffer is None:
-            n, device = output.shape[0], output.device
-            self.buffer = torch.zeros((w, *output.shape), device=device)
-            self.sum = torch.zeros(output.shape, device=device, dtype=torch.float64)
-            self.sum_sq = torch.zeros(output.shape, device=device, dtype=torch.float64)
-            self.best_variance = torch.full((n,), float("inf"), device=device, dtype=torch.float64)
-            self.best_image = candidate.detach().clone()
-            self.best_iteration = torch.full((n,), iteration, device=device)
-            self.since_best = torch.zeros(n, device=device, dtype=torch.long)
+            self.buffer = torch.zeros((w, *output.shape), device=output.device)
+            self.sum = torch.zeros(output.shape, device=output.device, dtype=torch.float64)
+            self.sum_sq = torch.zeros(output.shape, device=output.device, dtype=torch.float64)
         slot = self.count % w
         old = self.buffer[slot].double()
         new = output.double()
@@ -72,19 +84,38 @@ class MovingVariance:
             return
         # VAR_t = 1/W Σ_w ‖x_{t-w} − mean‖², per pixel, averaged over each image's pixels
         mean = self.sum / w
-        variance = (self.sum_sq / w - mean * mean).flatten(1).mean(1)  # [N]
-        self.variance = variance
-        frozen = self.since_best >= self.config.patience
-        improved = (variance < self.best_variance) & ~frozen
+        self.observe((self.sum_sq / w - mean * mean).flatten(1).mean(1), candidate, iteration)
+
+    def observe(self, variance: Tensor, candidate: Tensor, iteration: int) -> None:
+        """The stopping rule, given each image's window variance [N] at ``iteration`` (``update``
+        calls it every iteration once the window is full; a recorded curve can be replayed
+        through it at any resolution, since the patience counts iterations)."""
+        if self.best_image is None:
+            n, device = variance.shape[0], variance.device
+            self.best_variance = torch.full((n,), float("inf"), device=device, dtype=torch.float64)
+            self.level = self.best_variance.clone()  # the last minimum that restarted the patience
+            self.counted_at = torch.zeros(n, device=device, dtype=torch.long)  # ... and its iteration
+            self.best_image = candidate.detach().clone()
+            self.best_iteration = torch.full((n,), iteration, device=device, dtype=torch.long)
+        self.variance = variance = variance.to(torch.float64)
+        if iteration < self.config.start:
+            return
+        frozen = self.stopped()
+        self.iteration = iteration
+        improved = (variance < self.best_variance) & ~frozen  # a new minimum: keep this output
+        counted = (variance < self.level * (1 - self.config.tolerance)) & ~frozen  # ... and restart the patience
         self.best_variance = torch.where(improved, variance, self.best_variance)
-        self.best_image = torch.where(improved.view(-1, 1, 1, 1), candidate.detach(), self.best_image)
+        self.best_image = torch.where(improved.view(-1, *[1] * (candidate.dim() - 1)), candidate.detach(),
+                                      self.best_image)
         self.best_iteration = torch.where(improved, iteration, self.best_iteration)
-        waited = torch.where(frozen, self.since_best, self.since_best + 1)
-        self.since_best = torch.where(improved, 0, waited)
+        self.level = torch.where(counted, variance, self.level)
+        self.counted_at = torch.where(counted, iteration, self.counted_at)
 
     def stopped(self) -> Tensor | None:
         """[N] bool on the device: which images' detectors have fired (None before any update)."""
-        return None if self.buffer is None else self.since_best >= self.config.patience
+        if self.best_image is None:
+            return None
+        return (self.level < float("inf")) & (self.iteration - self.counted_at >= self.config.patience)
 
     def should_stop(self) -> bool:
         """True once every image's detector has fired. One host sync: call it every few iterations."""

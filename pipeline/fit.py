@@ -64,6 +64,7 @@ class FitResult:
     backtracks: int
     seconds: float
     history: list[dict] = field(default_factory=list)  # one entry every check_every iterations
+    fired_at: int | None = None  # the iteration at which the detector fired (None: it did not)
 
     @property
     def iterations_per_second(self) -> float:
@@ -226,8 +227,9 @@ def fit_many(
     if stopper is not None and stopper.best_image is not None:
         images, best = stopper.best_image, stopper.best_iteration.tolist()
         fired = stopper.stopped().tolist()
+        fired_at = (stopper.counted_at + config.early_stop.patience).tolist()
     else:
-        images, best, fired = candidate, [i] * n, [False] * n
+        images, best, fired, fired_at = candidate, [i] * n, [False] * n, [None] * n
     images = images.detach().float().cpu()
     if not torch.isfinite(images).all():
         raise FitDiverged("the fitted image has NaN or inf values")
@@ -241,6 +243,7 @@ def fit_many(
             backtracks=backtracks,
             seconds=seconds,
             history=[{k: v[g] if isinstance(v, list) else v for k, v in entry.items()} for entry in history],
+            fired_at=int(fired_at[g]) if fired[g] else None,
         )
         for g in range(n)
     ]
