@@ -1,9 +1,15 @@
 #!/usr/bin/env bash
 # Everything GPU-bound, in one go, on a CUDA machine with torch (no Ray, fsspec or Click needed):
-# the `gpu` tests, then the benchmarks, each under its own time limit so the whole session ends
-# in about 9 minutes. Results go to $OUT (default benchmarks/results), the log to $OUT/session.log.
+# the `gpu` tests, then the benchmarks, each under its own time limit. STEPS picks and orders
+# them (default: every step, about 15 minutes; a device lease is 15 minutes in all, so pick):
+#   tests    the `gpu` tests of the engine                                  ~100 s
+#   profile  profile_step.py: where a fast iteration spends its time        ~100 s
+#   es       early_stop_savings.py on the denoising suite (time-boxed)      ES_LIMIT s (default 300)
+#   pack     packing_speed.py, packs of 8 and 4                             ~200 s
+#   speed    fit_speed.py with its ablations                                ~170 s
+# Results go to $OUT (default benchmarks/results), the log to $OUT/session.log.
 #
-#   OUT=/tmp/out bash benchmarks/gpu_session.sh
+#   OUT=/tmp/out STEPS="tests profile es" bash benchmarks/gpu_session.sh
 #
 # The data must be at ../shared/data (the benchmarks read the paper's images there); DIP_DATA
 # names another folder laid out the same way, linked there first.
@@ -20,8 +26,15 @@ nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=c
 $PY -c "import torch, sys; print('torch', torch.__version__, 'python', sys.version.split()[0], torch.cuda.get_device_name())"
 step() { local limit=$1; shift; echo "=== $* (limit ${limit}s) $(date -u +%T)"; timeout "$limit" "$@"; echo "=== exit $? $(date -u +%T)"; }
 
-# conftest.py needs the S3 test server's client (botocore): the gpu tests need none of it.
-step 110 $PY -m pytest --noconftest -p no:cacheprovider -o addopts="" -m gpu -q -ra tests/test_engine.py
-step 170 $PY benchmarks/fit_speed.py --iterations 600 --ablation-iterations 300 --output "$OUT"
-step 110 $PY benchmarks/packing_speed.py --packs 8,4 --output "$OUT"
-step 140 $PY benchmarks/early_stop_savings.py --time-budget 120 --output "$OUT"
+ES_LIMIT=${ES_LIMIT:-300}
+for name in ${STEPS:-tests profile es pack speed}; do
+    case $name in
+        # conftest.py needs the S3 test server's client (botocore): the gpu tests need none of it.
+        tests) step 110 $PY -m pytest --noconftest -p no:cacheprovider -o addopts="" -m gpu -q -ra tests/test_engine.py ;;
+        profile) step 120 $PY benchmarks/profile_step.py --output "$OUT" ;;
+        es) step "$ES_LIMIT" $PY benchmarks/early_stop_savings.py --time-budget "$((ES_LIMIT - 30))" --output "$OUT" ;;
+        pack) step 220 $PY benchmarks/packing_speed.py --packs 8,4 --output "$OUT" ;;
+        speed) step 170 $PY benchmarks/fit_speed.py --iterations 600 --ablation-iterations 300 --output "$OUT" ;;
+        *) echo "unknown step $name (expected tests, profile, es, pack, speed)"; exit 2 ;;
+    esac
+done

@@ -1,0 +1,156 @@
+"""Where a fast-engine iteration spends its time: a torch.profiler trace of the paper's denoising fit.
+
+``fit_speed.py`` says how fast an iteration is; this says why. A first fit of --warmup
+iterations compiles (and records the CUDA graphs); a second fit on a new net (as the next image
+of a batch) runs --iterations under ``torch.profiler``. Written out:
+
+- the wall time per iteration, and the device's busy time per iteration (the sum of its kernels'
+  times: a busy fraction well below 1 means the step waits on the host: launches, syncs);
+- kernel time per category (convolution, upsampling, BatchNorm, fused elementwise from the
+  compiler, optimizer, copies, ...; by kernel name), per iteration and as a share;
+- the 40 operators and kernels with the most device time (self time, per iteration).
+
+With --trace, the Chrome trace too (gzipped; open it in https://ui.perfetto.dev).
+The DIP core only (no Ray, fsspec or Click).
+
+    python benchmarks/profile_step.py                              # CUDA, 512x512
+    python benchmarks/profile_step.py --size 64 --iterations 5     # CPU smoke test
+
+Writes benchmarks/results/profile_step_<device-name-or-cpu>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import gzip
+import json
+import platform
+import re
+import shutil
+import sys
+import time
+from collections import defaultdict
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.fit_speed import clean_image, device_name, slug  # noqa: E402
+from pipeline.engine import EngineConfig  # noqa: E402
+from pipeline.fit import fit  # noqa: E402
+from pipeline.nets import build_net, grid_size, make_input  # noqa: E402
+from pipeline.operators import Denoise  # noqa: E402
+from pipeline.presets import PAPER  # noqa: E402
+from pipeline.synthetic import synthesize  # noqa: E402
+
+# Kernel name -> category, first match wins (cuDNN/CUTLASS convolution kernels have many names).
+CATEGORIES = [
+    ("upsample", r"upsample|interpolate"),
+    ("batch_norm", r"batch_norm|batchnorm|bn_fw|bn_bw|welford"),
+    ("convolution", r"conv|cudnn|implicit_gemm|xmma|cutlass|sm\d+_|gemm|wgrad|dgrad|fprop"),
+    ("optimizer", r"adam|foreach|multi_tensor"),
+    ("compiled_elementwise", r"^triton_"),
+    ("copy_and_fill", r"memcpy|memset|copy|fill|cat"),
+    ("reduction", r"reduce|sum|mean"),
+]
+
+
+def category(name: str) -> str:
+    lowered = name.lower()
+    return next((label for label, pattern in CATEGORIES if re.search(pattern, lowered)), "other")
+
+
+def device_time_us(event) -> float:
+    """Self device time of a profiler event in µs (the attribute was renamed in torch 2.4)."""
+    for attribute in ("self_device_time_total", "self_cuda_time_total"):
+        if hasattr(event, attribute):
+            return float(getattr(event, attribute))
+    return 0.0
+
+
+def run_fit(iterations: int, noisy, clean, device, engine, seed: int):
+    preset = PAPER["denoise"]
+    size = noisy.shape[-1]
+    z = make_input("noise", preset.input_channels, *grid_size(size, size, preset.net.depth),
+                   torch.Generator().manual_seed(seed))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        net = build_net(preset.net)
+    config = replace(preset.fit, iterations=iterations, check_every=max(1, iterations // 4))
+    return fit(net, z, Denoise(), noisy, config, reference=clean, seed=seed, device=device, engine=engine)
+
+
+def main() -> None:
+    cuda = torch.cuda.is_available()
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="cuda" if cuda else "cpu")
+    parser.add_argument("--size", type=int, default=None, help="image side in px (default 512 on CUDA, 64 on the CPU)")
+    parser.add_argument("--warmup", type=int, default=50, help="iterations of the compiling first fit")
+    parser.add_argument("--iterations", type=int, default=100, help="profiled iterations of the second fit")
+    parser.add_argument("--trace", action="store_true", help="also write the Chrome trace (gzipped)")
+    parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    args.size = args.size or (512 if device.type == "cuda" else 64)
+    engine = EngineConfig.fast(device)
+    picture = clean_image(args.size)
+    clean, noisy = picture.pixels, synthesize(picture, "noise:25", seed=0).observed.pixels
+
+    run_fit(args.warmup, noisy, clean, device, engine, seed=1)  # compiles; graphs recorded
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    started = time.perf_counter()
+    with profile(activities=activities) as prof:
+        result = run_fit(args.iterations, noisy, clean, device, engine, seed=0)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+    wall = time.perf_counter() - started
+    n = result.iterations
+
+    events = prof.key_averages()
+    kernels = [e for e in events if e.device_type == torch.autograd.DeviceType.CUDA]
+    by_category: dict[str, float] = defaultdict(float)
+    for e in kernels:
+        by_category[category(e.key)] += device_time_us(e)
+    busy = sum(by_category.values())
+    ranked = sorted(events, key=device_time_us if kernels else (lambda e: e.self_cpu_time_total), reverse=True)
+    name = device_name(device)
+    record = {
+        "benchmark": "profile_step", "device": name, "size": args.size, "engine": asdict(engine),
+        "iterations": n, "wall_ms_per_iteration": round(wall * 1000 / n, 3),
+        "fit_it_per_s": round(result.iterations_per_second, 2),
+        "device_busy_ms_per_iteration": round(busy / 1000 / n, 3) if kernels else None,
+        "device_busy_fraction": round(busy / 1e6 / wall, 3) if kernels else None,
+        "categories_ms_per_iteration": {k: round(v / 1000 / n, 4) for k, v in
+                                        sorted(by_category.items(), key=lambda kv: -kv[1])},
+        "categories_share": {k: round(v / busy, 3) for k, v in by_category.items()} if busy else {},
+        "top": [{"name": e.key[:160], "calls_per_iteration": round(e.count / n, 2),
+                 "device_ms_per_iteration": round(device_time_us(e) / 1000 / n, 4),
+                 "cpu_self_ms_per_iteration": round(e.self_cpu_time_total / 1000 / n, 4),
+                 "is_kernel": e.device_type == torch.autograd.DeviceType.CUDA}
+                for e in ranked[:40]],
+        "torch": torch.__version__, "python": platform.python_version(),
+        "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    args.output.mkdir(parents=True, exist_ok=True)
+    path = args.output / f"profile_step_{slug(name)}.json"
+    path.write_text(json.dumps(record, indent=1) + "\n")
+    if args.trace:
+        raw = args.output / f"profile_step_{slug(name)}_trace.json"
+        prof.export_chrome_trace(str(raw))
+        with raw.open("rb") as source, gzip.open(f"{raw}.gz", "wb") as target:
+            shutil.copyfileobj(source, target)
+        raw.unlink()
+    print(f"{name} {args.size}x{args.size}: {record['wall_ms_per_iteration']} ms/iteration wall, "
+          f"device busy {record['device_busy_ms_per_iteration']} ms ({record['device_busy_fraction']})")
+    for label, ms in record["categories_ms_per_iteration"].items():
+        print(f"  {label:>22}: {ms} ms/iteration")
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
