@@ -4,6 +4,7 @@
 # them (default: every step, about 15 minutes; a device lease is 15 minutes in all, so pick):
 #   tests    the `gpu` tests of the engine                                  ~100 s
 #   profile  profile_step.py: where a fast iteration spends its time        ~100 s
+#   layers   layer_speed.py: each layer kind alone, bf16 and fp32            ~40 s
 #   es       early_stop_savings.py on the denoising suite (time-boxed)      ES_LIMIT s (default 300)
 #   pack     packing_speed.py, packs of 8 and 4                             ~200 s
 #   speed    fit_speed.py with its ablations                                ~170 s
@@ -27,14 +28,15 @@ $PY -c "import torch, sys; print('torch', torch.__version__, 'python', sys.versi
 step() { local limit=$1; shift; echo "=== $* (limit ${limit}s) $(date -u +%T)"; timeout "$limit" "$@"; echo "=== exit $? $(date -u +%T)"; }
 
 ES_LIMIT=${ES_LIMIT:-300}
-for name in ${STEPS:-tests profile es pack speed}; do
+for name in ${STEPS:-tests profile layers es pack speed}; do
     case $name in
         # conftest.py needs the S3 test server's client (botocore): the gpu tests need none of it.
         tests) step 110 $PY -m pytest --noconftest -p no:cacheprovider -o addopts="" -m gpu -q -ra tests/test_engine.py ;;
         profile) step 120 $PY benchmarks/profile_step.py --output "$OUT" ;;
+        layers) step 90 $PY benchmarks/layer_speed.py --output "$OUT" ;;
         es) step "$ES_LIMIT" $PY benchmarks/early_stop_savings.py --time-budget "$((ES_LIMIT - 30))" --output "$OUT" ;;
         pack) step 220 $PY benchmarks/packing_speed.py --packs 8,4 --output "$OUT" ;;
         speed) step 170 $PY benchmarks/fit_speed.py --iterations 600 --ablation-iterations 300 --output "$OUT" ;;
-        *) echo "unknown step $name (expected tests, profile, es, pack, speed)"; exit 2 ;;
+        *) echo "unknown step $name (expected tests, profile, layers, es, pack, speed)"; exit 2 ;;
     esac
 done
