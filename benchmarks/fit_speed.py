@@ -6,9 +6,11 @@ iterations for both engines; the paper's ``denoise`` preset (skip net, EMA, back
 - plain: ``EngineConfig.plain()``: fp32, eager, default Adam, a host sync every iteration (the
   reference code's loop);
 - fast:  ``EngineConfig.fast(device)``: what ``fit`` uses by default;
-- on CUDA, ablations of --ablation-iterations each: a second fast fit in the same process (a
-  new net, as each image of a batch), and the fast engine without CUDA graphs, without
-  torch.compile (and so without graphs), without bf16 autocast.
+- on CUDA, ablations of --ablation-iterations each (--ablations picks them): a second fast fit
+  in the same process (a new net, as each image of a batch), the fast engine with the merge
+  convolutions' input channels padded to a multiple of 8 (``align_channels``), and the fast
+  engine without CUDA graphs, without torch.compile (and so without graphs), without bf16
+  autocast.
 
 For each: iterations per second (steady: from the first history entry, at 10% of the
 iterations, to the last, so compilation and warm-up are left out; and total, all included), the
@@ -147,6 +149,8 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=None, help="default 300 on CUDA, 30 on the CPU")
     parser.add_argument("--ablation-iterations", type=int, default=300,
                         help="CUDA: iterations of each ablation run (0 = none)")
+    parser.add_argument("--ablations", default="2nd-fit,align,no-compile,no-graphs,no-bf16",
+                        help="CUDA: comma-separated, in this order (each compiling one costs about a minute)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args()
@@ -166,10 +170,16 @@ def main() -> None:
 
     fast_engine = EngineConfig.fast(device)
     # Ablations (CUDA): a second fast fit in the same process (a new net: what each image of a
-    # batch pays once the first has compiled), and the fast engine with one part off.
-    ablations = [("fast, 2nd fit", fast_engine), ("fast - compile", fast_engine.without("compile")),
-                 ("fast - cuda_graphs", fast_engine.without("cuda_graphs")),
-                 ("fast - bf16", fast_engine.without("autocast_bf16"))] if on_cuda and args.ablation_iterations else []
+    # batch pays once the first has compiled), the fast engine with one part off, or one more on.
+    ablations = {"2nd-fit": ("fast, 2nd fit", fast_engine),
+                 "align": ("fast + align_channels 8", replace(fast_engine, align_channels=8)),
+                 "no-compile": ("fast - compile", fast_engine.without("compile")),
+                 "no-graphs": ("fast - cuda_graphs", fast_engine.without("cuda_graphs")),
+                 "no-bf16": ("fast - bf16", fast_engine.without("autocast_bf16"))}
+    chosen = [a for a in args.ablations.split(",") if a]
+    if unknown := set(chosen) - set(ablations):
+        parser.error(f"unknown ablation(s) {sorted(unknown)}; expected some of {', '.join(ablations)}")
+    ablations = [ablations[a] for a in chosen] if on_cuda and args.ablation_iterations else []
     runs = [("plain", EngineConfig.plain(), args.iterations), ("fast", fast_engine, args.iterations)]
     runs += [(label, engine, args.ablation_iterations) for label, engine in ablations]
     peaks = peak_tflops(name) if on_cuda else None

@@ -4,10 +4,11 @@
 # them (default: every step, about 15 minutes; a device lease is 15 minutes in all, so pick):
 #   tests    the `gpu` tests of the engine                                  ~100 s
 #   profile  profile_step.py: where a fast iteration spends its time        ~100 s
+#   profile-align  the same with align_channels=8                       ~100 s
 #   layers   layer_speed.py: each layer kind alone, bf16 and fp32            ~40 s
 #   es       early_stop_savings.py on the denoising suite (time-boxed)      ES_LIMIT s (default 300)
 #   pack     packing_speed.py, packs of 8 and 4                             ~200 s
-#   speed    fit_speed.py with its ablations                                ~170 s
+#   speed    fit_speed.py with its ablations (ABLATIONS picks them)         ~230 s
 # Results go to $OUT (default benchmarks/results), the log to $OUT/session.log.
 #
 #   OUT=/tmp/out STEPS="tests profile es" bash benchmarks/gpu_session.sh
@@ -33,10 +34,12 @@ for name in ${STEPS:-tests profile layers es pack speed}; do
         # conftest.py needs the S3 test server's client (botocore): the gpu tests need none of it.
         tests) step 110 $PY -m pytest --noconftest -p no:cacheprovider -o addopts="" -m gpu -q -ra tests/test_engine.py ;;
         profile) step 120 $PY benchmarks/profile_step.py --output "$OUT" ;;
+        profile-align) step 120 $PY benchmarks/profile_step.py --align-channels 8 --output "$OUT" ;;
         layers) step 90 $PY benchmarks/layer_speed.py --output "$OUT" ;;
         es) step "$ES_LIMIT" $PY benchmarks/early_stop_savings.py --time-budget "$((ES_LIMIT - 30))" --output "$OUT" ;;
         pack) step 220 $PY benchmarks/packing_speed.py --packs 8,4 --output "$OUT" ;;
-        speed) step 170 $PY benchmarks/fit_speed.py --iterations 600 --ablation-iterations 300 --output "$OUT" ;;
-        *) echo "unknown step $name (expected tests, profile, layers, es, pack, speed)"; exit 2 ;;
+        speed) step 230 $PY benchmarks/fit_speed.py --iterations 600 --ablation-iterations 300 \
+                   --ablations "${ABLATIONS:-2nd-fit,align,no-compile,no-graphs,no-bf16}" --output "$OUT" ;;
+        *) echo "unknown step $name (expected tests, profile, profile-align, layers, es, pack, speed)"; exit 2 ;;
     esac
 done

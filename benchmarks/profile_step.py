@@ -92,12 +92,15 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=None, help="image side in px (default 512 on CUDA, 64 on the CPU)")
     parser.add_argument("--warmup", type=int, default=50, help="iterations of the compiling first fit")
     parser.add_argument("--iterations", type=int, default=100, help="profiled iterations of the second fit")
+    parser.add_argument("--align-channels", type=int, default=None, help="the engine's align_channels (default: fast's)")
     parser.add_argument("--trace", action="store_true", help="also write the Chrome trace (gzipped)")
     parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args()
     device = torch.device(args.device)
     args.size = args.size or (512 if device.type == "cuda" else 64)
     engine = EngineConfig.fast(device)
+    if args.align_channels is not None:
+        engine = replace(engine, align_channels=args.align_channels)
     picture = clean_image(args.size)
     clean, noisy = picture.pixels, synthesize(picture, "noise:25", seed=0).observed.pixels
 
@@ -137,10 +140,11 @@ def main() -> None:
         "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
     args.output.mkdir(parents=True, exist_ok=True)
-    path = args.output / f"profile_step_{slug(name)}.json"
+    suffix = "" if engine.align_channels == 1 else f"_align{engine.align_channels}"
+    path = args.output / f"profile_step_{slug(name)}{suffix}.json"
     path.write_text(json.dumps(record, indent=1) + "\n")
     if args.trace:
-        raw = args.output / f"profile_step_{slug(name)}_trace.json"
+        raw = path.with_name(f"{path.stem}_trace.json")
         prof.export_chrome_trace(str(raw))
         with raw.open("rb") as source, gzip.open(f"{raw}.gz", "wb") as target:
             shutil.copyfileobj(source, target)

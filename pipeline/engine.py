@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .nets import crop_center
@@ -27,6 +28,7 @@ class EngineConfig:
     cuda_graphs: bool = False  # compiled forward and backward replayed as CUDA graphs (mode="reduce-overhead")
     fused_adam: bool = False  # torch.optim.Adam(fused=True) on CUDA; the default Adam elsewhere
     cudnn_benchmark: bool = False  # torch.backends.cudnn.benchmark during the fit (CUDA only; restored after)
+    align_channels: int = 1  # pad convolutions' input channels with zeros to a multiple of this (8: tensor cores)
     host_sync_every_iteration: bool = False  # loss.item() every iteration, as the reference code does
 
     @classmethod
@@ -62,6 +64,8 @@ def check_engine(engine: EngineConfig, dtype: torch.dtype) -> None:
         raise ValueError(f"autocast_bf16 needs dtype torch.float32, got {dtype}; pass engine=EngineConfig.plain()")
     if engine.cuda_graphs and not engine.compile:
         raise ValueError("cuda_graphs needs compile=True (the graphs are torch.compile's reduce-overhead mode)")
+    if not isinstance(engine.align_channels, int) or engine.align_channels < 1:
+        raise ValueError(f"align_channels must be an int >= 1, got {engine.align_channels!r}")
 
 
 def drop_running_stats(net: nn.Module) -> nn.Module:
@@ -72,6 +76,39 @@ def drop_running_stats(net: nn.Module) -> nn.Module:
         if isinstance(module, nn.modules.batchnorm._BatchNorm):
             module.track_running_stats = False
             module.running_mean = module.running_var = module.num_batches_tracked = None
+    return net
+
+
+class ChannelPaddedConv2d(nn.Module):
+    """A Conv2d whose input gets zero channels appended up to ``in_channels`` (a multiple of 8, say):
+    the same function, with its weight padded by zeros. The padded weights see only zero inputs,
+    so their gradient is exactly 0 and Adam leaves them at 0: the fit is the unpadded one's."""
+
+    def __init__(self, conv: nn.Conv2d, in_channels: int):
+        super().__init__()
+        extra = in_channels - conv.in_channels
+        self.extra, self.stride, self.padding, self.dilation = extra, conv.stride, conv.padding, conv.dilation
+        weight = conv.weight.detach()  # [out, in, k, k] -> [out, in + extra, k, k]
+        self.weight = nn.Parameter(F.pad(weight, (0, 0, 0, 0, 0, extra)).contiguous())
+        self.bias = None if conv.bias is None else nn.Parameter(conv.bias.detach().clone())
+
+    def forward(self, x: Tensor) -> Tensor:  # [N, in, H, W] -> [N, out, H', W']
+        x = F.pad(x, (0, 0, 0, 0, 0, self.extra))  # [N, in + extra, H, W], the new channels 0
+        return F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation)
+
+
+def align_channels(net: nn.Module, multiple: int) -> nn.Module:
+    """Replace (in place) every ungrouped, zero-padded Conv2d whose input channel count is not a
+    multiple of ``multiple`` by a ``ChannelPaddedConv2d``: the paper's merge convolutions see
+    128 + 4 = 132 channels, which tensor-core kernels take only at a multiple of 8."""
+    if multiple <= 1:
+        return net
+    for parent in list(net.modules()):
+        for name, child in parent.named_children():
+            if (isinstance(child, nn.Conv2d) and child.in_channels % multiple and child.groups == 1
+                    and child.padding_mode == "zeros"):
+                padded = -(-child.in_channels // multiple) * multiple
+                setattr(parent, name, ChannelPaddedConv2d(child, padded))
     return net
 
 

@@ -15,8 +15,8 @@ from torch import Tensor, nn
 
 from .early_stop import EarlyStopConfig, MovingVariance
 from .engine import (
-    EngineConfig, begin_step, check_engine, cudnn_benchmark, drop_running_stats, make_forward_loss, make_optimizer,
-    to_memory_format,
+    EngineConfig, align_channels, begin_step, check_engine, cudnn_benchmark, drop_running_stats, make_forward_loss,
+    make_optimizer, to_memory_format,
 )
 from .nets import crop_center
 from .operators import FeatureInversion, Operator
@@ -135,6 +135,7 @@ def fit_many(
         raise ValueError(f"fit_many needs one seed and one observation per input: z has {n}, "
                          f"{len(seeds)} seed(s), observation {list(observation.shape)}")
     net = drop_running_stats(net.to(device=device, dtype=dtype).train())
+    net = align_channels(net, engine.align_channels)  # a packed net has no Conv2d modules: unchanged
     operator = operator.to(device=device, dtype=dtype)
     net, z = to_memory_format(net, net_input.to(device=device, dtype=dtype), engine)
     y = observation.to(device=device, dtype=dtype)

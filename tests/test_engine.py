@@ -5,7 +5,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from pipeline.engine import EngineConfig
+from pipeline.engine import ChannelPaddedConv2d, EngineConfig
 from pipeline.fit import FitConfig, fit
 from pipeline.metrics import psnr
 from pipeline.nets import NET_VARIANTS, build_net, grid_size, make_input
@@ -72,6 +72,24 @@ def test_bf16_autocast_is_close_to_plain():
     assert fast.history[-1]["loss"] == pytest.approx(plain.history[-1]["loss"], rel=0.1)
 
 
+def test_align_channels_pads_the_merge_convolutions_and_keeps_the_padding_at_zero():
+    clean, noisy = noisy_image()
+    z = make_input("noise", 32, *grid_size(H, W, TINY.depth), torch.Generator().manual_seed(0))
+    torch.manual_seed(0)
+    net = build_net(TINY)
+    aligned = fit(net, z, Denoise(), noisy, CONFIG, reference=clean, engine=replace(PLAIN, align_channels=8))
+    padded = [m for m in net.modules() if isinstance(m, ChannelPaddedConv2d)]
+    # The tiny net merges 16 + 4 = 20 channels at each of its 3 scales: padded to 24.
+    assert [(m.weight.shape[1], m.extra) for m in padded] == [(24, 4)] * 3
+    assert all(torch.count_nonzero(m.weight[:, -m.extra:]) == 0 for m in padded)  # 20 Adam steps later
+    assert max_diff(aligned, run(PLAIN)) < 1e-4
+
+
+def test_bad_align_channels_is_named():
+    with pytest.raises(ValueError, match="align_channels must be an int >= 1, got 0"):
+        run(replace(PLAIN, align_channels=0))
+
+
 def test_bf16_autocast_needs_float32():
     with pytest.raises(ValueError, match="autocast_bf16 needs dtype torch.float32, got torch.float64"):
         run(replace(PLAIN, autocast_bf16=True), dtype=torch.float64)
@@ -122,13 +140,15 @@ def test_compile_matches_plain():
 @pytest.mark.gpu
 @cuda
 @pytest.mark.parametrize("option", ["host_sync_every_iteration", "channels_last", "fused_adam", "cudnn_benchmark",
-                                    "autocast_bf16", "compile", "cuda_graphs", "all"])
+                                    "autocast_bf16", "compile", "cuda_graphs", "align_channels", "all"])
 def test_each_option_on_cuda_is_close_to_plain(option):
     off = EngineConfig()  # fp32 eager, no per-iteration sync
     if option == "all":
         engine = EngineConfig.fast("cuda")
     elif option == "cuda_graphs":
         engine = replace(off, compile=True, cuda_graphs=True)
+    elif option == "align_channels":
+        engine = replace(off, align_channels=8)
     else:
         engine = replace(off, **{option: True})
     plain, fast = run(off, device="cuda"), run(engine, device="cuda")
