@@ -7,7 +7,9 @@ iterations for both engines; the paper's ``denoise`` preset (skip net, EMA, back
   reference code's loop);
 - fast:  ``EngineConfig.fast(device)``: what ``fit`` uses by default;
 - on CUDA, ablations of --ablation-iterations each (--ablations picks them): a second fast fit
-  in the same process (a new net, as each image of a batch), the fast engine with the merge
+  in the same process (a new net, as each image of a batch), fits at two new sizes (--size + 32,
+  + 64: what a batch of mixed sizes pays per new size; compare seconds with the 2nd fit's), the
+  fast engine with the merge
   convolutions' input channels padded to a multiple of 8 (``align_channels``), and the fast
   engine without CUDA graphs, without torch.compile (and so without graphs), without bf16
   autocast.
@@ -105,8 +107,10 @@ def flops_per_iteration(size: int) -> int:
     return counter.get_total_flops()
 
 
-def run_engine(name: str, engine: EngineConfig, noisy: Picture, clean: Picture, args, device) -> dict:
+def run_engine(name: str, engine: EngineConfig, args, device) -> dict:
     preset = PAPER["denoise"]
+    clean = clean_image(args.size)
+    noisy = synthesize(clean, "noise:25", seed=args.seed).observed
     config = replace(preset.fit, iterations=args.iterations, check_every=max(1, args.iterations // 10))
     z = make_input("noise", preset.input_channels, *grid_size(args.size, args.size, preset.net.depth),
                    torch.Generator().manual_seed(args.seed))
@@ -126,7 +130,7 @@ def run_engine(name: str, engine: EngineConfig, noisy: Picture, clean: Picture, 
     else:
         peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
     row = {
-        "engine": name, "config": asdict(engine), "iterations": result.iterations,
+        "engine": name, "config": asdict(engine), "size": args.size, "iterations": result.iterations,
         "seconds": round(result.seconds, 3), "it_per_s_total": round(result.iterations_per_second, 4),
         "it_per_s_steady": None if steady is None else round(steady, 4),
         "psnr": round(psnr(result.image, clean.pixels), 3), "backtracks": result.backtracks,
@@ -149,7 +153,7 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=None, help="default 300 on CUDA, 30 on the CPU")
     parser.add_argument("--ablation-iterations", type=int, default=300,
                         help="CUDA: iterations of each ablation run (0 = none)")
-    parser.add_argument("--ablations", default="2nd-fit,align,no-compile,no-graphs,no-bf16",
+    parser.add_argument("--ablations", default="2nd-fit,size+32,size+64,align,no-compile,no-graphs,no-bf16",
                         help="CUDA: comma-separated, in this order (each compiling one costs about a minute)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results")
@@ -161,8 +165,6 @@ def main() -> None:
     if args.size < 32 or args.iterations < 10:
         parser.error(f"--size must be >= 32 and --iterations >= 10, got {args.size} and {args.iterations}")
 
-    clean = clean_image(args.size)
-    noisy = synthesize(clean, "noise:25", seed=args.seed).observed
     name = device_name(device)
     flops = flops_per_iteration(args.size)
     print(f"{name}, {args.size}x{args.size}, {args.iterations} iterations, "
@@ -171,7 +173,11 @@ def main() -> None:
     fast_engine = EngineConfig.fast(device)
     # Ablations (CUDA): a second fast fit in the same process (a new net: what each image of a
     # batch pays once the first has compiled), the fast engine with one part off, or one more on.
+    # A new image size recompiles: the first new size with dynamic shapes (torch's automatic
+    # dynamic shapes), later ones should reuse that code and only record their CUDA graphs.
     ablations = {"2nd-fit": ("fast, 2nd fit", fast_engine),
+                 "size+32": ("fast, new size +32", fast_engine),
+                 "size+64": ("fast, new size +64", fast_engine),
                  "align": ("fast + align_channels 8", replace(fast_engine, align_channels=8)),
                  "no-compile": ("fast - compile", fast_engine.without("compile")),
                  "no-graphs": ("fast - cuda_graphs", fast_engine.without("cuda_graphs")),
@@ -179,20 +185,21 @@ def main() -> None:
     chosen = [a for a in args.ablations.split(",") if a]
     if unknown := set(chosen) - set(ablations):
         parser.error(f"unknown ablation(s) {sorted(unknown)}; expected some of {', '.join(ablations)}")
-    ablations = [ablations[a] for a in chosen] if on_cuda and args.ablation_iterations else []
-    runs = [("plain", EngineConfig.plain(), args.iterations), ("fast", fast_engine, args.iterations)]
-    runs += [(label, engine, args.ablation_iterations) for label, engine in ablations]
+    ablations = [(*ablations[a], int(a[5:]) if a.startswith("size+") else 0) for a in chosen] \
+        if on_cuda and args.ablation_iterations else []
+    runs = [("plain", EngineConfig.plain(), args.iterations, 0), ("fast", fast_engine, args.iterations, 0)]
+    runs += [(label, engine, args.ablation_iterations, grow) for label, engine, grow in ablations]
     peaks = peak_tflops(name) if on_cuda else None
     args.output.mkdir(parents=True, exist_ok=True)
     path = args.output / f"fit_speed_{slug(name)}.json"
     rows = []
-    for label, engine, iterations in runs:  # the JSON is rewritten after each run: a killed run keeps its rows
-        row = run_engine(label, engine, noisy, clean, argparse.Namespace(**{**vars(args), "iterations": iterations}),
-                         device)
+    for label, engine, iterations, grow in runs:  # the JSON is rewritten after each run: a killed run keeps its rows
+        row = run_engine(label, engine, argparse.Namespace(**{**vars(args), "iterations": iterations,
+                                                               "size": args.size + grow}), device)
         precision = "bf16" if engine.autocast_bf16 else "tf32" if on_cuda and torch.backends.cudnn.allow_tf32 else "fp32"
         peak = None if peaks is None else peaks[precision]
         row["peak_tflops"], row["peak_precision"] = peak, precision if peak else None
-        row["mfu"] = None if peak is None or row["it_per_s_steady"] is None else \
+        row["mfu"] = None if peak is None or row["it_per_s_steady"] is None or grow else \
             round(flops * row["it_per_s_steady"] / (peak * 1e12), 4)
         rows.append(row)
         ratio = rows[1]["it_per_s_steady"] / rows[0]["it_per_s_steady"] if len(rows) > 1 else None

@@ -8,7 +8,7 @@
 #   layers   layer_speed.py: each layer kind alone, bf16 and fp32            ~40 s
 #   es       early_stop_savings.py on the denoising suite (time-boxed)      ES_LIMIT s (default 300)
 #   pack     packing_speed.py, packs of 8 and 4                             ~200 s
-#   speed    fit_speed.py with its ablations (ABLATIONS picks them)         ~230 s
+#   speed    fit_speed.py with its ablations (ABLATIONS picks them)         ~300 s
 # Results go to $OUT (default benchmarks/results), the log to $OUT/session.log.
 #
 #   OUT=/tmp/out STEPS="tests profile es" bash benchmarks/gpu_session.sh
@@ -38,8 +38,8 @@ for name in ${STEPS:-tests profile layers es pack speed}; do
         layers) step 90 $PY benchmarks/layer_speed.py --output "$OUT" ;;
         es) step "$ES_LIMIT" $PY benchmarks/early_stop_savings.py --time-budget "$((ES_LIMIT - 30))" --output "$OUT" ;;
         pack) step 220 $PY benchmarks/packing_speed.py --packs 8,4 --output "$OUT" ;;
-        speed) step 230 $PY benchmarks/fit_speed.py --iterations 600 --ablation-iterations 300 \
-                   --ablations "${ABLATIONS:-2nd-fit,align,no-compile,no-graphs,no-bf16}" --output "$OUT" ;;
+        speed) step 300 $PY benchmarks/fit_speed.py --iterations 600 --ablation-iterations 300 \
+                   --ablations "${ABLATIONS:-2nd-fit,size+32,size+64,align,no-compile,no-graphs,no-bf16}" --output "$OUT" ;;
         *) echo "unknown step $name (expected tests, profile, profile-align, layers, es, pack, speed)"; exit 2 ;;
     esac
 done
