@@ -90,6 +90,9 @@ class MovingVariance:
         """The stopping rule, given each image's window variance [N] at ``iteration`` (``update``
         calls it every iteration once the window is full; a recorded curve can be replayed
         through it at any resolution, since the patience counts iterations)."""
+        self.variance = variance = variance.to(torch.float64)
+        if iteration < self.config.start:
+            return  # no candidate yet: a fit that ends here returns its last output
         if self.best_image is None:
             n, device = variance.shape[0], variance.device
             self.best_variance = torch.full((n,), float("inf"), device=device, dtype=torch.float64)
@@ -97,9 +100,6 @@ class MovingVariance:
             self.counted_at = torch.zeros(n, device=device, dtype=torch.long)  # ... and its iteration
             self.best_image = candidate.detach().clone()
             self.best_iteration = torch.full((n,), iteration, device=device, dtype=torch.long)
-        self.variance = variance = variance.to(torch.float64)
-        if iteration < self.config.start:
-            return
         frozen = self.stopped()
         self.iteration = iteration
         improved = (variance < self.best_variance) & ~frozen  # a new minimum: keep this output
@@ -112,7 +112,8 @@ class MovingVariance:
         self.counted_at = torch.where(counted, iteration, self.counted_at)
 
     def stopped(self) -> Tensor | None:
-        """[N] bool on the device: which images' detectors have fired (None before any update)."""
+        """[N] bool on the device: which images' detectors have fired (None before the first
+        counted observation)."""
         if self.best_image is None:
             return None
         return (self.level < float("inf")) & (self.iteration - self.counted_at >= self.config.patience)

@@ -44,6 +44,20 @@ def test_start_ignores_the_minimum_before_the_fit_has_begun():
     assert int(started.best_iteration) == 200 == int(started.best_image[0, 0])
 
 
+def test_a_fit_that_ends_before_start_returns_its_last_output():
+    h = w = 24
+    noisy = Denoise(50).degrade(torch.full((1, 3, h, w), 0.5), torch.Generator().manual_seed(0))
+    net_config = NET_VARIANTS["tiny"]
+    z = make_input("noise", 32, *grid_size(h, w, net_config.depth), torch.Generator().manual_seed(0))
+    results = []
+    for detector in (None, EarlyStopConfig(window=5, patience=10, start=1000)):
+        torch.manual_seed(0)
+        config = FitConfig(iterations=40, check_every=10, early_stop=detector)
+        results.append(fit(build_net(net_config), z, Denoise(), noisy, config))
+    assert torch.equal(results[1].image, results[0].image)
+    assert results[1].best_iteration == 40 and not results[1].stopped_early
+
+
 def test_tolerance_stops_a_creeping_variance_and_keeps_the_lowest_output():
     # 1 % lower per iteration for 300 iterations, then 0.01 % lower per iteration, forever.
     creeping = [0.99 ** min(i, 300) * 0.9999 ** max(i - 300, 0) for i in range(1, 2001)]
