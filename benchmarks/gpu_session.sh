@@ -1,17 +1,22 @@
 #!/usr/bin/env bash
 # Everything GPU-bound, in one go, on a CUDA machine with torch (no Ray, fsspec or Click needed):
 # the `gpu` tests, then the benchmarks, each under its own time limit. STEPS picks and orders
-# them (default: every step, about 15 minutes; a device lease is 15 minutes in all, so pick):
+# them (default: every step but profile-align, about 17 minutes: more than one call may run, so pick):
 #   tests    the `gpu` tests of the engine                                  ~100 s
 #   profile  profile_step.py: where a fast iteration spends its time        ~100 s
-#   profile-align  the same with align_channels=8                       ~100 s
+#   profile-align  profile_step.py with align_channels=8                   ~100 s
 #   layers   layer_speed.py: each layer kind alone, bf16 and fp32            ~40 s
-#   es       early_stop_savings.py on the denoising suite (time-boxed)      ES_LIMIT s (default 300)
+#   es       early_stop_savings.py on the denoising suite (time-boxed)      ES_LIMIT s (default 300);
+#            ES_IMAGES=F16,baboon,... picks images
 #   pack     packing_speed.py, packs of 8 and 4                             ~200 s
 #   speed    fit_speed.py with its ablations (ABLATIONS picks them)         ~300 s
 # Results go to $OUT (default benchmarks/results), the log to $OUT/session.log.
 #
 #   OUT=/tmp/out STEPS="tests profile es" bash benchmarks/gpu_session.sh
+#
+# With one 15-minute lease (a machine start takes a minute or two), two calls fit, e.g.
+#   STEPS="profile layers es" ES_LIMIT=240                      (~6.5 min)
+#   STEPS="tests speed" ABLATIONS=2nd-fit,size+32,size+64,align (~5 min)
 #
 # The data must be at ../shared/data (the benchmarks read the paper's images there); DIP_DATA
 # names another folder laid out the same way, linked there first.
@@ -36,7 +41,8 @@ for name in ${STEPS:-tests profile layers es pack speed}; do
         profile) step 120 $PY benchmarks/profile_step.py --output "$OUT" ;;
         profile-align) step 120 $PY benchmarks/profile_step.py --align-channels 8 --output "$OUT" ;;
         layers) step 90 $PY benchmarks/layer_speed.py --output "$OUT" ;;
-        es) step "$ES_LIMIT" $PY benchmarks/early_stop_savings.py --time-budget "$((ES_LIMIT - 30))" --output "$OUT" ;;
+        es) step "$ES_LIMIT" $PY benchmarks/early_stop_savings.py --time-budget "$((ES_LIMIT - 30))" \
+                ${ES_IMAGES:+--images "$ES_IMAGES"} --output "$OUT" ;;
         pack) step 220 $PY benchmarks/packing_speed.py --packs 8,4 --output "$OUT" ;;
         speed) step 300 $PY benchmarks/fit_speed.py --iterations 600 --ablation-iterations 300 \
                    --ablations "${ABLATIONS:-2nd-fit,size+32,size+64,align,no-compile,no-graphs,no-bf16}" --output "$OUT" ;;
