@@ -198,7 +198,6 @@ def load_paper_tables():
     return module
 
 
-@pytest.mark.slow  # about a minute on 2 busy CPUs: the paper presets' full network, and 500 TV steps
 def test_paper_tables_runs_the_paper_presets_on_the_core(tmp_path):
     paper_tables = load_paper_tables()
     data = fake_data(tmp_path / "data", width=36, height=28)
