@@ -75,7 +75,8 @@ def restore_many(items: Sequence[dict]) -> list[Restoration]:
     items: one dict per image with the keyword arguments of ``restore``: ``observed``, ``options``
     and optionally ``mask`` and ``reference``. All must share ``pack_key``; each keeps its own
     seed (input, network and jitter), so each result is the one ``restore`` gives (up to rounding).
-    The time limit applies to the whole pack.
+    The time limit is per image, as in ``restore``: the pack of N gets N times it (its images are
+    one size and one preset, so they cost the same).
     """
     if not items:
         return []
@@ -96,7 +97,8 @@ def restore_many(items: Sequence[dict]) -> list[Restoration]:
     results = fit_many(
         PackedNets([job.net for job in jobs]), torch.cat([job.z for job in jobs]), _stack_operators(jobs),
         torch.cat([job.y for job in jobs]), first.preset.fit, reference=reference,
-        seeds=[job.options.seed for job in jobs], device=options.device, time_limit_s=options.time_limit_s,
+        seeds=[job.options.seed for job in jobs], device=options.device,
+        time_limit_s=None if options.time_limit_s is None else options.time_limit_s * len(jobs),
     )
     return [finish(job, result) for job, result in zip(jobs, results)]
 

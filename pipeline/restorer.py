@@ -3,7 +3,8 @@
 Each row is read, fitted and written on its own, so one bad image is one error row. With a
 batch of several rows, images that share ``packing.pack_key`` (same task, preset and size) are
 fitted together by ``packing.restore_many``; if that pack fails, each of its images is fitted
-alone, so a diverging image fails only its own row.
+alone, so a diverging image fails only its own row. A pack that runs out of time is not refitted:
+its images cost the same, so each would run out of time alone too.
 """
 
 from __future__ import annotations
@@ -86,12 +87,17 @@ class Restorer:
 
     def fit(self, group: list[_Item]) -> None:
         """Fit a group (packed when it has several images), then write each image's outputs."""
+        from .fit import FitTimeout
         from .packing import restore_many
         from .restore import restore
 
         if len(group) > 1:
             try:
                 packed = restore_many([{**item.inputs, "options": item.options} for item in group])
+            except FitTimeout as error:  # same size, same preset: each alone would time out too
+                for item in group:
+                    self.write(item, error=error)
+                return
             except Exception:  # noqa: BLE001  (fit them one by one: each failure is its own row)
                 packed = None
             if packed is not None:

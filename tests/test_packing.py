@@ -142,3 +142,55 @@ def test_with_packing_the_plan_puts_same_size_rows_next_to_each_other(tmp_path):
     grouped = planned_sizes(8)
     assert sorted(grouped) == sorted(sizes)
     assert grouped == sorted(grouped, key=lambda s: (s[1], s[0]))  # one configuration: by height, width
+
+
+def test_a_pack_gets_the_time_limit_of_each_of_its_images(monkeypatch):
+    import pipeline.packing as packing
+    from pipeline.fit import FitTimeout
+
+    limits = []
+
+    def fit_many(*args, time_limit_s=None, **kwargs):
+        limits.append(time_limit_s)
+        raise FitTimeout("ran past its time limit")
+
+    monkeypatch.setattr(packing, "fit_many", fit_many)
+    batch = [{**item, "options": replace(item["options"], time_limit_s=2.5)} for item in items("noise:25")]
+    with pytest.raises(FitTimeout):
+        restore_many(batch)
+    assert limits == [7.5]  # three images
+
+
+@pytest.mark.parametrize("failure", ["timeout", "other"])
+def test_a_failed_pack_is_refitted_alone_unless_it_ran_out_of_time(monkeypatch, tmp_path, failure):
+    import pyarrow.parquet as pq
+
+    import pipeline.packing as packing
+    import pipeline.restore
+    from pipeline.batch import RunConfig, write_plan
+    from pipeline.fit import FitTimeout
+    from pipeline.restorer import Restorer
+
+    rows = []
+    for k in range(3):
+        url = storage.join(str(tmp_path / "in"), f"{k}.png")
+        storage.write_bytes(url, png_bytes(24, 20, seed=k))
+        rows.append({"image_id": f"i{k}", "uri": url, "degradation": "noise:25"})
+    config = RunConfig(manifest=write_manifest(str(tmp_path / "manifest.parquet"), rows), output=str(tmp_path / "out"),
+                       defaults=Options(preset="cpu-small", iterations=3), pack=3)
+    plan, _ = write_plan(config, "run")
+
+    def broken_pack(group):
+        raise FitTimeout("ran past its time limit") if failure == "timeout" else RuntimeError("pack broke")
+
+    alone = []
+    real_restore = pipeline.restore.restore
+    monkeypatch.setattr(packing, "restore_many", broken_pack)
+    monkeypatch.setattr(pipeline.restore, "restore", lambda **kw: alone.append(1) or real_restore(**kw))
+    out = Restorer(config.output, "run", {}, max_pixels=10**6, threads=1)(pq.read_table(plan).to_pydict())
+    if failure == "timeout":
+        assert alone == [] and out["status"] == ["error"] * 3
+        assert all(e.startswith("FitTimeout") for e in out["error"])
+    else:
+        assert alone == [1, 1, 1] and out["status"] == ["ok"] * 3
+    assert len(results.read_table(config.output)) == 3  # one result row per image either way
