@@ -19,6 +19,7 @@ Writes benchmarks/results/layer_speed_<device-name-or-cpu>.json.
 from __future__ import annotations
 
 import argparse
+import copy
 import datetime as dt
 import json
 import platform
@@ -70,7 +71,7 @@ def measure(layer: nn.Module | None, channels: int, side: int, device: torch.dev
         skip = torch.randn(1, 4, side, side, device=device, requires_grad=True)
         layer = lambda t: torch.cat([skip, t], dim=1)  # noqa: E731
     else:
-        layer = layer.to(device).train()
+        layer = copy.deepcopy(layer).to(device).train()  # each engine its own copy (memory format)
         if fast:
             layer = layer.to(memory_format=memory_format)
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=fast and device.type == "cuda"):
