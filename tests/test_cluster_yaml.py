@@ -53,6 +53,7 @@ def test_dashboard_is_local_only_and_token_auth_is_on(config):
     for commands in (config["head_start_ray_commands"], config["worker_start_ray_commands"]):
         starts = [c for c in commands if "ray start" in c]
         assert starts and all("RAY_AUTH_MODE=token" in c for c in starts)
+        assert not any(re.search(r"\bray\s+stop\b", c) for c in commands)  # nothing stops a Ray it did not start
 
 
 SECRET_NAME = re.compile(r"secret|password|passwd|token|access_key|private_key", re.IGNORECASE)
