@@ -44,7 +44,7 @@ def replay(history: list[dict], budget: int, config: EarlyStopConfig) -> tuple[i
         psnr = torch.tensor([[entry["psnr_reference"]]], dtype=torch.float64)
         detector.observe(torch.tensor([entry["variance"]]), psnr, entry["iteration"])
         if detector.should_stop():
-            return min(int(detector.counted_at[0]) + config.patience, budget), float(detector.best_image[0, 0])
+            return min(int(detector.fired_at()[0]), budget), float(detector.best_image[0, 0])
     if detector.best_image is None:
         return budget, history[-1]["psnr_reference"]
     return budget, float(detector.best_image[0, 0])

@@ -175,18 +175,17 @@ def main() -> None:
     # batch pays once the first has compiled), the fast engine with one part off, or one more on.
     # A new image size recompiles: the first new size with dynamic shapes (torch's automatic
     # dynamic shapes), later ones should reuse that code and only record their CUDA graphs.
-    ablations = {"2nd-fit": ("fast, 2nd fit", fast_engine),
-                 "size+32": ("fast, new size +32", fast_engine),
-                 "size+64": ("fast, new size +64", fast_engine),
-                 "align": ("fast + align_channels 8", replace(fast_engine, align_channels=8)),
-                 "no-compile": ("fast - compile", fast_engine.without("compile")),
-                 "no-graphs": ("fast - cuda_graphs", fast_engine.without("cuda_graphs")),
-                 "no-bf16": ("fast - bf16", fast_engine.without("autocast_bf16"))}
+    ablations = {"2nd-fit": ("fast, 2nd fit", fast_engine, 0),  # (label, engine, px added to --size)
+                 "size+32": ("fast, new size +32", fast_engine, 32),
+                 "size+64": ("fast, new size +64", fast_engine, 64),
+                 "align": ("fast + align_channels 8", replace(fast_engine, align_channels=8), 0),
+                 "no-compile": ("fast - compile", fast_engine.without("compile"), 0),
+                 "no-graphs": ("fast - cuda_graphs", fast_engine.without("cuda_graphs"), 0),
+                 "no-bf16": ("fast - bf16", fast_engine.without("autocast_bf16"), 0)}
     chosen = [a for a in args.ablations.split(",") if a]
     if unknown := set(chosen) - set(ablations):
         parser.error(f"unknown ablation(s) {sorted(unknown)}; expected some of {', '.join(ablations)}")
-    ablations = [(*ablations[a], int(a[5:]) if a.startswith("size+") else 0) for a in chosen] \
-        if on_cuda and args.ablation_iterations else []
+    ablations = [ablations[a] for a in chosen] if on_cuda and args.ablation_iterations else []
     runs = [("plain", EngineConfig.plain(), args.iterations, 0), ("fast", fast_engine, args.iterations, 0)]
     runs += [(label, engine, args.ablation_iterations, grow) for label, engine, grow in ablations]
     peaks = peak_tflops(name) if on_cuda else None

@@ -116,7 +116,12 @@ class MovingVariance:
         counted observation)."""
         if self.best_image is None:
             return None
-        return (self.level < float("inf")) & (self.iteration - self.counted_at >= self.config.patience)
+        return (self.level < float("inf")) & (self.iteration >= self.fired_at())
+
+    def fired_at(self) -> Tensor | None:
+        """[N]: the iteration at which each image's detector fires (or fired): its last counted
+        minimum + patience (None before the first counted observation)."""
+        return None if self.best_image is None else self.counted_at + self.config.patience
 
     def should_stop(self) -> bool:
         """True once every image's detector has fired. One host sync: call it every few iterations."""

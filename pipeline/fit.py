@@ -228,7 +228,7 @@ def fit_many(
     if stopper is not None and stopper.best_image is not None:
         images, best = stopper.best_image, stopper.best_iteration.tolist()
         fired = stopper.stopped().tolist()
-        fired_at = (stopper.counted_at + config.early_stop.patience).tolist()
+        fired_at = stopper.fired_at().tolist()
     else:
         images, best, fired, fired_at = candidate, [i] * n, [False] * n, [None] * n
     images = images.detach().float().cpu()
