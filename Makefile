@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test test-slow test-gpu bench clean
+.PHONY: install demo test test-core lint test-slow test-gpu clean
 
 $(STAMP): pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
@@ -16,8 +16,14 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/dip demo
 
-test: $(STAMP)
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+test: lint
 	$(PY) -m pytest
+
+test-core: $(STAMP)
+	$(PY) -m pytest tests/core -m 'not slow and not gpu and not compile'
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -m slow

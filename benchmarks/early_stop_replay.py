@@ -31,7 +31,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipeline.early_stop import EarlyStopConfig, MovingVariance  # noqa: E402
+from pipeline.core.early_stop import EarlyStopConfig, MovingVariance  # noqa: E402  (after the sys.path insert: runs from a checkout)
 
 
 def replay(history: list[dict], budget: int, config: EarlyStopConfig) -> tuple[int, float]:

@@ -38,15 +38,15 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.fit_speed import device_name, slug  # noqa: E402
-from pipeline.early_stop import EarlyStopConfig  # noqa: E402
-from pipeline.evaluate import DEFAULT_DATA, DENOISE_COLOR  # noqa: E402  (standard library only)
-from pipeline.fit import fit  # noqa: E402
-from pipeline.images import read  # noqa: E402
-from pipeline.metrics import psnr  # noqa: E402
-from pipeline.nets import build_net, grid_size, make_input  # noqa: E402
-from pipeline.operators import Denoise  # noqa: E402
-from pipeline.presets import get_preset  # noqa: E402
+from benchmarks.fit_speed import device_name, slug  # noqa: E402  (after the sys.path insert: runs from a checkout)
+from pipeline.core.early_stop import EarlyStopConfig  # noqa: E402  (after the sys.path insert: runs from a checkout)
+from pipeline.core.fit import fit  # noqa: E402  (after the sys.path insert: runs from a checkout)
+from pipeline.core.images import read  # noqa: E402  (after the sys.path insert: runs from a checkout)
+from pipeline.core.metrics import psnr  # noqa: E402  (after the sys.path insert: runs from a checkout)
+from pipeline.core.nets import build_net, grid_size, make_input  # noqa: E402  (after the sys.path insert: runs from a checkout)
+from pipeline.core.operators import Denoise  # noqa: E402  (after the sys.path insert: runs from a checkout)
+from pipeline.core.presets import get_preset  # noqa: E402  (after the sys.path insert: runs from a checkout)
+from pipeline.evaluation.suites import DEFAULT_DATA, DENOISE_COLOR  # noqa: E402  (after the sys.path insert: runs from a checkout)
 
 
 def main() -> None:
@@ -122,7 +122,8 @@ def main() -> None:
         record["summary"] = {
             "images": len(done), "mean_psnr_fixed": round(statistics.mean(fixed), 3),
             "mean_psnr_early_stop": round(statistics.mean(early), 3),
-            "iterations_fixed": args.iterations * len(done), "iterations_early_stop": sum(r["stop_iteration"] for r in done),
+            "iterations_fixed": args.iterations * len(done),
+            "iterations_early_stop": sum(r["stop_iteration"] for r in done),
             "fraction_saved": round(sum(r["iterations_saved"] for r in done) / (args.iterations * len(done)), 3),
         }
         record["finished_at"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")

@@ -51,15 +51,15 @@ from torch.utils.flop_counter import FlopCounterMode
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipeline.engine import EngineConfig  # noqa: E402  (the DIP core only)
-from pipeline.fit import fit  # noqa: E402
-from pipeline.images import Picture  # noqa: E402
-from pipeline.memory import estimate_fit_bytes  # noqa: E402
-from pipeline.metrics import psnr  # noqa: E402
-from pipeline.nets import build_net, crop_center, grid_size, make_input  # noqa: E402
-from pipeline.operators import Denoise  # noqa: E402
-from pipeline.presets import PAPER  # noqa: E402
-from pipeline.synthetic import synthesize  # noqa: E402
+from pipeline.core.engine import EngineConfig  # noqa: E402  (after the sys.path insert: runs from a checkout)
+from pipeline.core.fit import fit  # noqa: E402  (after the sys.path insert: runs from a checkout)
+from pipeline.core.images import Picture  # noqa: E402  (after the sys.path insert: runs from a checkout)
+from pipeline.core.memory import estimate_fit_bytes  # noqa: E402  (after the sys.path insert: runs from a checkout)
+from pipeline.core.metrics import psnr  # noqa: E402  (after the sys.path insert: runs from a checkout)
+from pipeline.core.nets import build_net, crop_center, grid_size, make_input  # noqa: E402  (after the sys.path insert: runs from a checkout)
+from pipeline.core.operators import Denoise  # noqa: E402  (after the sys.path insert: runs from a checkout)
+from pipeline.core.presets import PAPER  # noqa: E402  (after the sys.path insert: runs from a checkout)
+from pipeline.core.synthetic import synthesize  # noqa: E402  (after the sys.path insert: runs from a checkout)
 
 IMAGE = ROOT.parent / "shared" / "data" / "samples" / "denoising" / "F16_GT.png"
 # Dense peak TFLOP/s by a substring of torch.cuda.get_device_name (NVIDIA's datasheets, SXM).
@@ -195,7 +195,8 @@ def main() -> None:
     for label, engine, iterations, grow in runs:  # the JSON is rewritten after each run: a killed run keeps its rows
         row = run_engine(label, engine, argparse.Namespace(**{**vars(args), "iterations": iterations,
                                                                "size": args.size + grow}), device)
-        precision = "bf16" if engine.autocast_bf16 else "tf32" if on_cuda and torch.backends.cudnn.allow_tf32 else "fp32"
+        tf32 = on_cuda and torch.backends.cudnn.allow_tf32
+        precision = "bf16" if engine.autocast_bf16 else "tf32" if tf32 else "fp32"
         peak = None if peaks is None else peaks[precision]
         row["peak_tflops"], row["peak_precision"] = peak, precision if peak else None
         row["mfu"] = None if peak is None or row["it_per_s_steady"] is None or grow else \

@@ -37,7 +37,7 @@ ES_LIMIT=${ES_LIMIT:-300}
 for name in ${STEPS:-tests profile layers es pack speed}; do
     case $name in
         # conftest.py needs the S3 test server's client (botocore): the gpu tests need none of it.
-        tests) step 110 $PY -m pytest --noconftest -p no:cacheprovider -o addopts="" -m gpu -q -ra tests/test_engine.py ;;
+        tests) step 110 $PY -m pytest --noconftest -p no:cacheprovider -o addopts="" -m gpu -q -ra tests/core/test_engine.py ;;
         profile) step 120 $PY benchmarks/profile_step.py --output "$OUT" ;;
         profile-align) step 120 $PY benchmarks/profile_step.py --align-channels 8 --output "$OUT" ;;
         layers) step 90 $PY benchmarks/layer_speed.py --output "$OUT" ;;

@@ -34,7 +34,7 @@ from torch.utils.flop_counter import FlopCounterMode
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.fit_speed import device_name, peak_tflops, slug  # noqa: E402
+from benchmarks.fit_speed import device_name, peak_tflops, slug  # noqa: E402  (after the sys.path insert: runs from a checkout)
 
 
 def conv(c_in: int, c_out: int, k: int, stride: int = 1) -> nn.Module:
@@ -69,7 +69,7 @@ def measure(layer: nn.Module | None, channels: int, side: int, device: torch.dev
     x.requires_grad_(True)
     if layer is None:  # the skip connection's concatenation
         skip = torch.randn(1, 4, side, side, device=device, requires_grad=True)
-        layer = lambda t: torch.cat([skip, t], dim=1)  # noqa: E731
+        layer = lambda t: torch.cat([skip, t], dim=1)  # noqa: E731  (a one-line helper, named for the asserts)
     else:
         layer = copy.deepcopy(layer).to(device).train()  # each engine its own copy (memory format)
         if fast:

@@ -5,7 +5,7 @@ The paper's denoising preset (skip net, 3000 iterations per image) on noisy 256x
 
 - one at a time: ``fit`` of one image after another in one process (the second image's steady
   rate is used: the first pays compilation);
-- packed: ``fit_many`` of N images at once (``pipeline.packing.PackedNets``) for each N of
+- packed: ``fit_many`` of N images at once (``pipeline.core.packed.PackedNets``) for each N of
   --packs.
 
 Steady iterations per second come from the fits' history (from 10% of the iterations to the
@@ -37,16 +37,16 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.fit_speed import device_name, slug  # noqa: E402
-from pipeline.evaluate import DEFAULT_DATA, DENOISE_COLOR  # noqa: E402  (standard library only)
-from pipeline.fit import fit, fit_many  # noqa: E402
-from pipeline.images import Picture  # noqa: E402
-from pipeline.metrics import psnr  # noqa: E402
-from pipeline.nets import build_net, grid_size, make_input  # noqa: E402
-from pipeline.operators import Denoise  # noqa: E402
-from pipeline.packing import PackedNets  # noqa: E402
-from pipeline.presets import PAPER  # noqa: E402
-from pipeline.synthetic import synthesize  # noqa: E402
+from benchmarks.fit_speed import device_name, slug  # noqa: E402  (after the sys.path insert: runs from a checkout)
+from pipeline.core.fit import fit, fit_many  # noqa: E402  (after the sys.path insert: runs from a checkout)
+from pipeline.core.images import Picture  # noqa: E402  (after the sys.path insert: runs from a checkout)
+from pipeline.core.metrics import psnr  # noqa: E402  (after the sys.path insert: runs from a checkout)
+from pipeline.core.nets import build_net, grid_size, make_input  # noqa: E402  (after the sys.path insert: runs from a checkout)
+from pipeline.core.operators import Denoise  # noqa: E402  (after the sys.path insert: runs from a checkout)
+from pipeline.core.packed import PackedNets  # noqa: E402  (after the sys.path insert: runs from a checkout)
+from pipeline.core.presets import PAPER  # noqa: E402  (after the sys.path insert: runs from a checkout)
+from pipeline.core.synthetic import synthesize  # noqa: E402  (after the sys.path insert: runs from a checkout)
+from pipeline.evaluation.suites import DEFAULT_DATA, DENOISE_COLOR  # noqa: E402  (after the sys.path insert: runs from a checkout)
 
 PAPER_ITERATIONS = 3000
 

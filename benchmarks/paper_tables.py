@@ -1,7 +1,7 @@
 """The paper's tables on one GPU with the DIP core alone: Set5 x4 super-resolution and colour
 denoising at sigma 25, with the paper's presets (sr-x4, denoise), against the paper's figures.
 
-No Ray, fsspec or Click: a loop over the images calling ``pipeline.restore.restore``, so it runs
+No Ray, fsspec or Click: a loop over the images calling ``pipeline.core.restore.restore``, so it runs
 on a GPU machine that has only torch (2.11 or later), numpy, Pillow and scikit-image.
 
 1. Set5 x4: the low-res input is made from the ground truth by ``synthesize(clean, "downsample:4")``
@@ -38,10 +38,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipeline.evaluate import DEFAULT_DATA, DENOISE_COLOR, PAPER, SET5  # noqa: E402  (standard library only)
-from pipeline.images import read  # noqa: E402
-from pipeline.restore import Options, restore  # noqa: E402
-from pipeline.synthetic import synthesize  # noqa: E402
+from pipeline.core.images import read  # noqa: E402  (after the sys.path insert: runs from a checkout)
+from pipeline.core.options import Options  # noqa: E402  (after the sys.path insert: runs from a checkout)
+from pipeline.core.restore import restore  # noqa: E402  (after the sys.path insert: runs from a checkout)
+from pipeline.core.synthetic import synthesize  # noqa: E402  (after the sys.path insert: runs from a checkout)
+from pipeline.evaluation.suites import DEFAULT_DATA, DENOISE_COLOR, PAPER, SET5  # noqa: E402  (after the sys.path insert: runs from a checkout)
 
 SUITES = ("set5-x4", "denoise-color-25")
 # Which of our figures each paper figure is compared with (None: not something we compute).
@@ -49,7 +50,10 @@ COMPARED = {
     "set5-x4": {"dip": "psnr_y", "bicubic": "psnr_y_baseline", "tv": "psnr_y_tv"},
     "denoise-color-25": {"dip": "psnr", "cbm3d": None},
 }
-PRESETS = {"set5-x4": dict(task="sr", scale=4, preset="sr-x4"), "denoise-color-25": dict(task="denoise", preset="denoise")}
+PRESETS = {
+    "set5-x4": dict(task="sr", scale=4, preset="sr-x4"),
+    "denoise-color-25": dict(task="denoise", preset="denoise"),
+}
 FIGURES = ("psnr", "psnr_y", "ssim", "psnr_input", "psnr_baseline", "psnr_y_baseline", "psnr_tv", "psnr_y_tv")
 
 

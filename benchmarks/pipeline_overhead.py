@@ -32,8 +32,11 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipeline import results, storage  # noqa: E402
-from pipeline.restore import Options, restore  # noqa: E402
+from pipeline import storage  # noqa: E402  (after the sys.path insert: runs from a checkout)
+from pipeline.batch import results  # noqa: E402  (after the sys.path insert: runs from a checkout)
+from pipeline.batch.inputs import read_picture  # noqa: E402  (after the sys.path insert: runs from a checkout)
+from pipeline.core.options import Options  # noqa: E402  (after the sys.path insert: runs from a checkout)
+from pipeline.core.restore import restore  # noqa: E402  (after the sys.path insert: runs from a checkout)
 
 
 def make_images(prefix: str, count: int, size: int, storage_options: dict | None) -> str:
@@ -60,9 +63,9 @@ def plain_loop(manifest: str, output: str, storage_options: dict | None) -> floa
     table = pq.read_table(io.BytesIO(storage.read_bytes(manifest, storage_options))).to_pylist()
     start = time.perf_counter()
     for row in table:
-        picture = storage.read_picture(row["uri"], storage_options)
+        picture = read_picture(row["uri"], storage_options)
         restored = restore(picture, Options(task="denoise", preset="cpu-small", iterations=1, device="cpu"))
-        from pipeline.images import encode_png
+        from pipeline.core.images import encode_png
 
         storage.write_bytes(storage.join(output, "restored", f"{row['image_id']}.png"),
                             encode_png(restored.picture), storage_options)
@@ -72,7 +75,7 @@ def plain_loop(manifest: str, output: str, storage_options: dict | None) -> floa
 
 
 def dip_run(manifest: str, output: str, storage_options: dict | None) -> float:
-    command = [sys.executable, "-m", "pipeline.cli", "run", "--manifest", manifest, "--output", output,
+    command = [sys.executable, "-m", "pipeline.cli.main", "run", "--manifest", manifest, "--output", output,
                "--preset", "cpu-small", "--iterations", "1", "--device", "cpu", "--quiet", "--num-cpus", "2",
                "--storage-options", json.dumps(storage_options or {})]
     start = time.perf_counter()
@@ -90,8 +93,8 @@ def plan_memory(rows: int, folder: Path) -> dict:
     del ids, uris
     code = (
         "import resource, sys, time; sys.path.insert(0, %r)\n"
-        "from pipeline.batch import RunConfig, write_plan\n"
-        "from pipeline.restore import Options\n"
+        "from pipeline.batch.job import RunConfig, write_plan\n"
+        "from pipeline.core.options import Options\n"
         "t = time.perf_counter()\n"
         "_, s = write_plan(RunConfig(manifest=%r, output=%r, defaults=Options(preset='cpu-small')), 'bench')\n"
         "print(s.total, time.perf_counter() - t, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"

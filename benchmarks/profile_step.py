@@ -40,13 +40,13 @@ from torch.profiler import ProfilerActivity, profile
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.fit_speed import clean_image, device_name, slug  # noqa: E402
-from pipeline.engine import EngineConfig  # noqa: E402
-from pipeline.fit import fit  # noqa: E402
-from pipeline.nets import build_net, grid_size, make_input  # noqa: E402
-from pipeline.operators import Denoise  # noqa: E402
-from pipeline.presets import PAPER  # noqa: E402
-from pipeline.synthetic import synthesize  # noqa: E402
+from benchmarks.fit_speed import clean_image, device_name, slug  # noqa: E402  (after the sys.path insert: runs from a checkout)
+from pipeline.core.engine import EngineConfig  # noqa: E402  (after the sys.path insert: runs from a checkout)
+from pipeline.core.fit import fit  # noqa: E402  (after the sys.path insert: runs from a checkout)
+from pipeline.core.nets import build_net, grid_size, make_input  # noqa: E402  (after the sys.path insert: runs from a checkout)
+from pipeline.core.operators import Denoise  # noqa: E402  (after the sys.path insert: runs from a checkout)
+from pipeline.core.presets import PAPER  # noqa: E402  (after the sys.path insert: runs from a checkout)
+from pipeline.core.synthetic import synthesize  # noqa: E402  (after the sys.path insert: runs from a checkout)
 
 # Kernel name -> category, first match wins (cuDNN/CUTLASS convolution kernels have many names).
 CATEGORIES = [
@@ -85,7 +85,8 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=None, help="image side in px (default 512 on CUDA, 64 on the CPU)")
     parser.add_argument("--warmup", type=int, default=50, help="iterations of the compiling first fit")
     parser.add_argument("--iterations", type=int, default=100, help="profiled iterations of the second fit")
-    parser.add_argument("--align-channels", type=int, default=None, help="the engine's align_channels (default: fast's)")
+    parser.add_argument("--align-channels", type=int, default=None,
+                        help="the engine's align_channels (default: fast's)")
     parser.add_argument("--trace", action="store_true", help="also write the Chrome trace (gzipped)")
     parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args()

@@ -30,8 +30,8 @@ from torch.utils.flop_counter import flop_registry
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipeline.nets import build_net, crop_center, grid_size  # noqa: E402
-from pipeline.presets import PAPER  # noqa: E402
+from pipeline.core.nets import build_net, crop_center, grid_size  # noqa: E402  (after the sys.path insert: runs from a checkout)
+from pipeline.core.presets import PAPER  # noqa: E402  (after the sys.path insert: runs from a checkout)
 
 
 class OpLog(TorchDispatchMode):
@@ -84,7 +84,8 @@ def main() -> None:
           f"roofline {total_ms:.2f} ms per iteration ({1e3 / total_ms:.0f} it/s at most without fusion)")
     print(f"{'op':<40} {'calls':>6} {'GFLOP':>9} {'GB':>7} {'ms':>8}  bound")
     for r in rows[:15]:
-        print(f"{r['op']:<40} {r['calls']:>6} {r['flops'] / 1e9:>9.1f} {r['gbytes']:>7.3f} {r['bound_ms']:>8.4f}  {r['bound']}")
+        print(f"{r['op']:<40} {r['calls']:>6} {r['flops'] / 1e9:>9.1f} {r['gbytes']:>7.3f} "
+              f"{r['bound_ms']:>8.4f}  {r['bound']}")
     args.output.mkdir(parents=True, exist_ok=True)
     path = args.output / f"step_roofline_{args.size}.json"
     path.write_text(json.dumps({"size": args.size, "bytes_per_value": args.bytes_per_value,

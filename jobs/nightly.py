@@ -15,8 +15,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the packaged working directory
 
-from pipeline import storage
-from pipeline.cli import main
+from pipeline import storage  # noqa: E402  (after the sys.path insert: runs from a checkout)
+from pipeline.cli.main import main  # noqa: E402  (after the sys.path insert: runs from a checkout)
 
 
 def nightly(argv: list[str]) -> int:

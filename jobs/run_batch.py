@@ -11,7 +11,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the packaged working directory
 
-from pipeline.cli import main
+from pipeline.cli.main import main  # noqa: E402  (after the sys.path insert: runs from a checkout)
 
 if __name__ == "__main__":
     sys.exit(main(["run", "--quiet", *sys.argv[1:]]))

@@ -29,8 +29,6 @@ import fsspec
 from fsspec.exceptions import FSTimeoutError
 from fsspec.implementations.local import LocalFileSystem
 
-from .images import DEFAULT_MAX_PIXELS, decode
-
 RETRY_S = 60.0  # default total retry budget, seconds
 FIRST_DELAY_S = 0.5  # backoff: 0.5, 1, 2, 4, 8, 8, ... seconds (times a random 0.5-1 against herds)
 MAX_DELAY_S = 8.0
@@ -86,7 +84,7 @@ def _retrying(op: str, url: str, options: dict | None, retry_s: float, fn: Calla
         attempt += 1
         try:
             return fn()
-        except Exception as err:
+        except Exception as err:  # noqa: BLE001  (classified below: transient errors are retried)
             error = err  # handled below, outside the except block, so that a redacted error has no __context__
         full = "".join(traceback.format_exception(error))
         leaked = _redact(full, options) != full
@@ -191,8 +189,3 @@ def safe_key(image_id: str) -> str:
             " (not starting with '.', '_' or '-')"
         )
     return image_id
-
-
-def read_picture(url: str, storage_options: dict | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS):
-    """Read and decode an image (``pipeline.images.Picture``); errors name the URL."""
-    return decode(read_bytes(url, storage_options), name=url, max_pixels=max_pixels)

@@ -185,7 +185,7 @@ def make_s3_server(workdir: Path) -> S3Server:
         )
     )
     config.chmod(0o600)
-    ports = dict(zip(COMPONENTS, _free_ports(len(COMPONENTS))))
+    ports = dict(zip(COMPONENTS, _free_ports(len(COMPONENTS)), strict=True))
     command = [
         weed_binary(), "mini",
         "-ip=127.0.0.1", "-ip.bind=127.0.0.1",

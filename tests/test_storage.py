@@ -57,14 +57,15 @@ def prefix(request, tmp_path):
 def test_list_files_under_prefix_and_glob(prefix):
     for key in ("b.png", "a.png", "sub/c.png", "sub/d.txt"):
         storage.write_bytes(storage.join(prefix, key), b"x")
-    names = lambda urls: [u[len(prefix) + 1 :] for u in urls]  # noqa: E731
+    names = lambda urls: [u[len(prefix) + 1 :] for u in urls]  # noqa: E731  (a one-line helper, named for the asserts)
     assert names(storage.list_files(prefix)) == ["a.png", "b.png", "sub/c.png", "sub/d.txt"]
     assert names(storage.list_files(storage.join(prefix, "sub"))) == ["sub/c.png", "sub/d.txt"]
     assert names(storage.list_files(storage.join(prefix, "*.png"))) == ["a.png", "b.png"]
     assert names(storage.list_files(storage.join(prefix, "**", "*.png"))) == ["a.png", "b.png", "sub/c.png"]
 
 
-BAD_IDS = ["../etc/passwd", "a/../../b", "/abs/path", "a/b", "a\x00b", "x" * 1000, "", ".", "..", ".hidden", "-x", "a b"]
+BAD_IDS = ["../etc/passwd", "a/../../b", "/abs/path", "a/b", "a\x00b", "x" * 1000, "", ".", "..", ".hidden", "-x",
+           "a b"]
 
 
 @pytest.mark.parametrize("image_id", BAD_IDS)
@@ -84,7 +85,8 @@ def test_safe_key_passes_good_ids_unchanged(image_id):
 
 def _client_error(code: str, status: int, operation: str = "PutObject") -> Exception:
     """What s3fs raises for an S3 error answer: a Python exception with the ClientError as cause."""
-    error = ClientError({"Error": {"Code": code, "Message": code}, "ResponseMetadata": {"HTTPStatusCode": status}}, operation)
+    response = {"Error": {"Code": code, "Message": code}, "ResponseMetadata": {"HTTPStatusCode": status}}
+    error = ClientError(response, operation)
     return translate_boto_error(error)
 
 

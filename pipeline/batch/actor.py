@@ -1,0 +1,157 @@
+"""The batch job's fit actor: restores the planned images of one Ray Data batch and writes them.
+
+Each row is read, fitted and written on its own, so one bad image is one error row. With a
+batch of several rows, images that share ``restore.pack_key`` (same options but the seed, same
+size) are fitted together by ``restore.restore_many``; if that pack fails, each of its images is
+fitted alone, so a diverging image fails only its own row. A pack that runs out of time is not
+refitted: its images cost the same, so each would run out of time alone too.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import time
+import traceback
+from dataclasses import dataclass, field, replace
+
+from .. import storage
+from ..core.options import Options
+from . import manifest, results
+
+OUT_COLUMNS = ("image_id", "status", "error", "psnr", "seconds", "device")
+
+
+@dataclass
+class _Item:
+    job: manifest.Job
+    options: Options
+    row: dict  # the result row being built
+    clock: float
+    inputs: dict = field(default_factory=dict)  # restore()'s keyword arguments once loaded
+
+
+class FitActor:
+    """A Ray Data actor: restores the planned images of one batch and writes their outputs."""
+
+    def __init__(self, output: str, run_id: str, storage_options: dict, max_pixels: int, threads: int):
+        import torch
+
+        torch.set_num_threads(max(1, threads))
+        self.output, self.run_id = output, run_id
+        self.storage_options, self.max_pixels = storage_options, max_pixels
+
+    def __call__(self, batch: dict) -> dict:
+        from ..core.restore import pack_key
+
+        items = [self.start({k: batch[k][i] for k in batch}) for i in range(len(batch["image_id"]))]
+        groups: dict = {}
+        for item in items:
+            try:
+                item.inputs = self.load(item)
+                key = pack_key(item.inputs["observed"], item.options)
+            except Exception as error:  # noqa: BLE001  (a bad image is an error row)
+                self.write(item, error=error)
+                continue
+            groups.setdefault(key or id(item), []).append(item)
+        for group in groups.values():
+            self.fit(group)
+        out = [self.out_row(item) for item in items]
+        return {k: [r[k] for r in out] for k in OUT_COLUMNS}
+
+    def start(self, planned: dict) -> _Item:
+        from ..core.restore import resolve_device
+
+        job = manifest.Job.from_row({k: plain_value(v) for k, v in planned.items()})
+        options = replace(job.options, device=resolve_device(job.options.device))
+        row = {"image_id": job.image_id, "uri": job.uri, "task": options.task, "status": "error",
+               "attempt": int(planned["attempt"]), "config_hash": job.config_hash, "seed": options.seed,
+               "run_id": self.run_id, "started_at": utc_now(), "device": options.device}
+        return _Item(job, options, row, time.perf_counter())
+
+    def load(self, item: _Item) -> dict:
+        """The images of one row, decoded (and degraded, for evaluations), as ``restore`` takes them."""
+        from .inputs import load_inputs
+
+        job, options = item.job, item.options
+        item.row["preset"] = options.resolve().name
+        return load_inputs(job.uri, mask_uri=job.mask_uri, reference_uri=job.reference_uri, guide_uri=job.guide_uri,
+                           degradation=job.degradation, seed=options.seed, storage_options=self.storage_options,
+                           max_pixels=self.max_pixels).restore_kwargs()
+
+    def fit(self, group: list[_Item]) -> None:
+        """Fit a group (packed when it has several images), then write each image's outputs."""
+        from ..core.fit import FitTimeout
+        from ..core.restore import restore, restore_many
+
+        if len(group) > 1:
+            try:
+                packed = restore_many([{**item.inputs, "options": item.options} for item in group])
+            except FitTimeout as error:  # same size, same preset: each alone would time out too
+                for item in group:
+                    self.write(item, error=error)
+                return
+            except Exception:  # noqa: BLE001  (fit them one by one: each failure is its own row)
+                packed = None
+            if packed is not None:
+                for item, restored in zip(group, packed, strict=True):
+                    self.write(item, restored=restored, packed=len(group))
+                return
+        for item in group:
+            try:
+                restored = restore(**item.inputs, options=item.options)
+            except Exception as error:  # noqa: BLE001  (one bad image is an error row; the batch goes on)
+                self.write(item, error=error)
+                continue
+            self.write(item, restored=restored)
+
+    def write(self, item: _Item, *, restored=None, error: BaseException | None = None, packed: int = 1) -> None:
+        """The image's PNG (when restored) and its result row (``packed``: images in its fit)."""
+        row, job = item.row, item.job
+        if restored is not None:
+            try:
+                png_url = storage.join(self.output, "restored", f"{storage.safe_key(job.image_id)}.png")
+                storage.write_bytes(png_url, _encode(restored.picture), self.storage_options)
+                summary = restored.summary()
+                row.update({k: summary[k] for k in (*restored.metrics, "iterations", "best_iteration",
+                                                    "stopped_early", "backtracks", "seconds")})
+                row.update(status="ok", output_uri=png_url, history=json.dumps(restored.fit.history), packed=packed)
+            except Exception as failure:  # noqa: BLE001  (a failed write is an error row, not a lost batch)
+                error = failure
+        if error is not None:
+            row["error"] = _describe(error)
+        row["finished_at"] = utc_now()
+        row.setdefault("seconds", time.perf_counter() - item.clock)
+        results.write_row(self.output, row, job.extra, self.storage_options)
+
+    @staticmethod
+    def out_row(item: _Item) -> dict:
+        row = item.row
+        return {"image_id": row["image_id"], "status": row["status"], "error": row.get("error"),
+                "psnr": row.get("psnr"), "seconds": float(row["seconds"]), "device": row["device"]}
+
+
+def _encode(picture) -> bytes:
+    from ..core.images import encode_png
+
+    return encode_png(picture)
+
+
+def _describe(error: BaseException) -> str:
+    """A one-line error message for the results table (type and message, no traceback)."""
+    text = f"{type(error).__name__}: {error}".replace("\n", " ")
+    if os.environ.get("DIP_DEBUG"):
+        text += " | " + "".join(traceback.format_exception(error)).replace("\n", " ")
+    return text[:2000]
+
+
+def plain_value(value):
+    """numpy scalars from Ray Data rows to Python values."""
+    if hasattr(value, "item") and not isinstance(value, (bytes, str)):
+        return value.item()
+    return value
+
+
+def utc_now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)

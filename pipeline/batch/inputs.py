@@ -1,0 +1,55 @@
+"""One manifest row's (or one ``dip restore``'s) pictures: read, decode, and degrade.
+
+``read_picture`` reads an image from any fsspec URL and decodes it (``pipeline.core.images``);
+``load_inputs`` reads what a row names (the image, its mask, reference and guide) and, for an
+evaluation, degrades the clean image (``pipeline.core.synthetic``), giving the keyword
+arguments of ``pipeline.core.restore.restore``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .. import storage
+from ..core.formats import DEFAULT_MAX_PIXELS
+from ..core.images import Picture, decode
+from ..core.synthetic import synthesize
+
+
+@dataclass
+class Inputs:
+    """What ``restore`` takes besides the options; ``task`` and ``scale`` as a degradation set them."""
+
+    observed: Picture
+    mask: Picture | None = None
+    reference: Picture | None = None
+    guide: Picture | None = None
+    task: str | None = None  # the degradation's task (None: no degradation)
+    scale: int | None = None  # the degradation's scale (downsample:S)
+
+    def restore_kwargs(self) -> dict:
+        return {"observed": self.observed, "mask": self.mask, "reference": self.reference, "guide": self.guide}
+
+
+def read_picture(url: str, storage_options: dict | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Picture:
+    """Read and decode an image (``pipeline.core.images.Picture``); errors name the URL."""
+    return decode(storage.read_bytes(url, storage_options), name=url, max_pixels=max_pixels)
+
+
+def load_inputs(uri: str, *, mask_uri: str | None = None, reference_uri: str | None = None,
+                guide_uri: str | None = None, degradation: str | None = None, seed: int = 0,
+                storage_options: dict | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Inputs:
+    """The pictures a row names, decoded. With ``degradation`` (``noise:25``, ``downsample:4``,
+    ``mask:bernoulli:0.5``, ``jpeg:10``) ``uri`` is the clean image: it becomes the reference and
+    the observation is made from it, seeded by ``seed`` (a made mask replaces ``mask_uri``'s)."""
+
+    def load(url: str | None) -> Picture | None:
+        return read_picture(url, storage_options, max_pixels) if url else None
+
+    inputs = Inputs(observed=load(uri), mask=load(mask_uri), reference=load(reference_uri), guide=load(guide_uri))
+    if degradation:
+        synthetic = synthesize(inputs.observed, degradation, seed)
+        inputs.observed, inputs.reference = synthetic.observed, synthetic.reference
+        inputs.mask = synthetic.mask or inputs.mask
+        inputs.task, inputs.scale = synthetic.task, synthetic.scale
+    return inputs

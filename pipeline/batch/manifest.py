@@ -1,0 +1,229 @@
+"""Image manifests: a Parquet table (any fsspec URL) with one row per image to restore.
+
+Columns: ``image_id`` and ``uri`` (required); ``task``, ``mask_uri``, ``reference_uri``,
+``guide_uri``, ``scale``, ``degradation``, ``preset``, ``params`` (JSON of ``dip restore``
+option names), ``seed`` (optional). Other columns are the archive's own and are carried
+through to the results untouched.
+
+The manifest is read in record batches, never whole. ``plan`` checks every row before
+anything runs and turns each into a resolved job: the ``Options`` of the fit, a seed derived
+from the image id, and a hash of everything that determines the result.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from functools import lru_cache
+
+import pyarrow as pa
+import pyarrow.dataset as pads
+
+from .. import storage
+from ..core.formats import IMAGE_SUFFIXES
+from ..core.operators import parse_degradation
+from ..core.options import Options
+
+REQUIRED = ("image_id", "uri")
+OPTIONAL = ("task", "mask_uri", "reference_uri", "guide_uri", "scale", "degradation", "preset", "params", "seed")
+DEGRADATION_TASK = {"noise": "denoise", "downsample": "sr", "mask": "inpaint", "jpeg": "jpeg"}
+MAX_ERRORS_SHOWN = 20
+
+
+class ManifestError(ValueError):
+    """The manifest cannot run; the message names the bad rows."""
+
+
+@dataclass(frozen=True)
+class Job:
+    """One image to restore, fully resolved."""
+
+    image_id: str
+    uri: str
+    options: Options
+    mask_uri: str | None
+    reference_uri: str | None
+    guide_uri: str | None
+    degradation: str | None
+    config_hash: str
+    extra: dict  # the archive's own columns
+
+    def to_row(self) -> dict:
+        return {
+            "image_id": self.image_id, "uri": self.uri, "options": json.dumps(self.options.to_dict()),
+            "mask_uri": self.mask_uri, "reference_uri": self.reference_uri, "guide_uri": self.guide_uri,
+            "degradation": self.degradation, "config_hash": self.config_hash, "extra": json.dumps(self.extra),
+        }
+
+    @classmethod
+    def from_row(cls, row: dict) -> "Job":
+        return cls(
+            image_id=row["image_id"], uri=row["uri"], options=Options(**json.loads(row["options"])),
+            mask_uri=row["mask_uri"], reference_uri=row["reference_uri"], guide_uri=row["guide_uri"],
+            degradation=row["degradation"], config_hash=row["config_hash"], extra=json.loads(row["extra"]),
+        )
+
+
+def derive_seed(base_seed: int, image_id: str) -> int:
+    """A per-image seed from the run's base seed and the image id (stable across runs)."""
+    digest = hashlib.blake2b(f"{base_seed}:{image_id}".encode(), digest_size=4).digest()
+    return int.from_bytes(digest, "little") & 0x7FFFFFFF
+
+
+def config_hash(job_fields: dict) -> str:
+    """A short hash of what determines a result (not the device it runs on)."""
+    text = json.dumps(job_fields, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def read_batches(url: str, storage_options: dict | None = None, batch_size: int = 10_000) -> Iterator[pa.RecordBatch]:
+    """The manifest's record batches, streamed (a file or a folder of Parquet files)."""
+    fs, path = storage.filesystem(url, storage_options)
+    try:
+        dataset = pads.dataset(path, filesystem=fs, format="parquet")
+    except (pa.ArrowInvalid, OSError) as error:
+        raise ManifestError(f"manifest {url} is not a readable Parquet file or folder: {error}") from None
+    missing = [c for c in REQUIRED if c not in dataset.schema.names]
+    if missing:
+        raise ManifestError(f"manifest {url} lacks the required column(s) {', '.join(missing)}")
+    try:
+        yield from dataset.to_batches(batch_size=batch_size)
+    except pa.ArrowInvalid as error:
+        raise ManifestError(f"manifest {url} could not be read: {error}") from None
+
+
+def plan(url: str, defaults: Options, *, storage_options: dict | None = None) -> Iterator[Job]:
+    """Validate the manifest and yield its jobs as they are read.
+
+    Bad rows are collected; once the whole manifest has been read, ManifestError names them
+    (the first ``MAX_ERRORS_SHOWN``). Callers must not schedule anything until the iterator
+    is exhausted: write the jobs to a plan, then run the plan. Memory: 12 bytes per image id
+    (to find duplicates), not the rows themselves.
+    """
+    seen: set[bytes] = set()
+    errors: list[str] = []
+    error_count = rows = 0
+    for batch in read_batches(url, storage_options):
+        for row in batch.to_pylist():
+            rows += 1
+            try:
+                job = resolve(row, defaults)
+                key = hashlib.blake2b(job.image_id.encode(), digest_size=12).digest()
+                if key in seen:
+                    raise ValueError(f"duplicate image_id {job.image_id!r}")
+                seen.add(key)
+            except ValueError as error:
+                error_count += 1
+                if len(errors) < MAX_ERRORS_SHOWN:
+                    errors.append(f"row {rows} (image_id {_short(row.get('image_id'))}): {error}")
+                continue
+            if not error_count:
+                yield job
+    if error_count:
+        more = f"\n... and {error_count - len(errors)} more" if error_count > len(errors) else ""
+        raise ManifestError(f"manifest {url}: {error_count} of {rows} rows are invalid, nothing was run:\n"
+                            + "\n".join(errors) + more)
+    if rows == 0:
+        raise ManifestError(f"manifest {url} has no rows")
+
+
+def resolve(row: dict, defaults: Options) -> Job:
+    """One manifest row on top of the command-line defaults; raises ValueError on bad values."""
+    image_id = row.get("image_id")
+    if not isinstance(image_id, str) or not image_id:
+        raise ValueError(f"image_id must be a non-empty string, got {_short(image_id)}")
+    storage.safe_key(image_id)
+    uri = row.get("uri")
+    if not isinstance(uri, str) or not uri:
+        raise ValueError(f"uri must be a non-empty string, got {_short(uri)}")
+
+    overrides: dict = {}
+    for column in ("task", "preset", "scale", "seed"):
+        value = row.get(column)
+        if value is not None and not (isinstance(value, float) and math.isnan(value)):
+            overrides[column] = int(value) if column in ("scale", "seed") else value
+    degradation = row.get("degradation") or None
+    if degradation:
+        kind, value = parse_degradation(degradation)
+        task = DEGRADATION_TASK[kind]
+        if overrides.get("task", task) != task:
+            raise ValueError(f"degradation {degradation!r} makes a {task!r} task, but task is {overrides['task']!r}")
+        overrides["task"] = task
+        if kind == "downsample":
+            overrides["scale"] = int(value)
+    params = row.get("params")
+    if params:
+        try:
+            parsed = json.loads(params)
+        except (TypeError, json.JSONDecodeError) as error:
+            raise ValueError(f"params is not valid JSON ({error}): {_short(params)}") from None
+        if not isinstance(parsed, dict):
+            raise ValueError(f"params must be a JSON object, got {_short(params)}")
+        overrides.update(parsed)
+    if "seed" not in overrides:
+        overrides["seed"] = derive_seed(defaults.seed, image_id)
+    if overrides.get("task", defaults.task) != defaults.task and "preset" not in overrides:
+        overrides["preset"] = None if defaults.preset != "cpu-small" else "cpu-small"
+    try:
+        options = Options.from_dict({**defaults.to_dict(), **overrides})
+    except TypeError as error:
+        raise ValueError(f"bad params: {error}") from None
+    mask_uri = row.get("mask_uri") or None
+    options.check_complete(has_mask=bool(mask_uri or degradation), has_guide=bool(row.get("guide_uri")))
+    if degradation and row.get("reference_uri"):
+        raise ValueError("give either degradation (the uri is the clean image) or reference_uri, not both")
+
+    known = {*REQUIRED, *OPTIONAL}
+    extra = {k: v for k, v in row.items() if k not in known}
+    fields = {
+        "uri": uri, "mask_uri": mask_uri, "reference_uri": row.get("reference_uri") or None,
+        "guide_uri": row.get("guide_uri") or None, "degradation": degradation,
+        # what determines the result: not where it runs, nor how long it may take
+        "options": {**options.to_dict(), "device": "", "time_limit_s": None}, "preset": preset_fingerprint(options),
+    }
+    return Job(image_id=image_id, uri=uri, options=options, mask_uri=mask_uri,
+               reference_uri=fields["reference_uri"], guide_uri=fields["guide_uri"], degradation=degradation,
+               config_hash=config_hash(fields), extra=extra)
+
+
+def preset_fingerprint(options: Options) -> str:
+    """The resolved preset as JSON (cached: a manifest resolves a handful of distinct ones)."""
+    return _fingerprint(options.task, options.preset, options.scale, options.iterations, options.early_stop)
+
+
+@lru_cache(maxsize=1024)
+def _fingerprint(*key) -> str:
+    return json.dumps(asdict(Options(task=key[0], preset=key[1], scale=key[2]).resolve().with_overrides(
+        iterations=key[3], early_stop=key[4])), sort_keys=True)
+
+
+def manifest_id(relative: str) -> str:
+    """A storage-safe image id from a relative path; a hash suffix where characters changed."""
+    mapped = relative.replace("/", "__")  # folders become '__'; duplicates are caught by the manifest check
+    cleaned = re.sub(r"[^A-Za-z0-9._-]", "_", mapped).lstrip("._-") or "image"
+    if cleaned != mapped or len(cleaned) > 180:
+        cleaned = cleaned[:180] + "-" + hashlib.blake2b(relative.encode(), digest_size=4).hexdigest()
+    return cleaned
+
+
+def listing_rows(source: str, storage_options: dict | None = None, **columns) -> list[dict]:
+    """Manifest rows for the images under a prefix or matching a glob (``dip manifest``): an
+    ``image_id`` from each path below the prefix (``manifest_id``), its ``uri``, and ``columns``
+    (task, scale, degradation, preset) on every row."""
+    base = source.split("*")[0].rstrip("/")
+    rows = []
+    for url in storage.list_files(source, storage_options):
+        if not url.lower().endswith(IMAGE_SUFFIXES):
+            continue
+        relative = url[len(base):].lstrip("/") if url.startswith(base) else url.rsplit("/", 1)[-1]
+        rows.append({"image_id": manifest_id(relative), "uri": url, **columns})
+    return rows
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."

@@ -1,0 +1,1 @@
+"""The ``dip`` command (``main.py``); one module a command group."""

@@ -1,0 +1,117 @@
+"""What the ``dip`` commands share: their options, declared once, and their exit codes.
+
+The fit options are built from the fields of ``pipeline.core.options.Options`` (flag, type,
+range, choices, default and help come from each field's metadata), so ``dip restore``, ``dip
+run``, ``dip evaluate`` and ``dip submit`` spell them alike and a manifest's ``params`` use the
+same names. Nothing heavy is imported here: no torch, Ray, pyarrow or s3fs.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable
+from dataclasses import fields
+
+import click
+
+from ..core.formats import DEFAULT_MAX_PIXELS
+from ..core.options import Options
+
+# Exit codes of dip run, evaluate and submit --wait.
+EXIT_OK, EXIT_IMAGES_FAILED, EXIT_NOT_STARTED, EXIT_BROKE_OFF = 0, 1, 2, 3
+
+
+def compose(decorators: Iterable[Callable]) -> Callable:
+    """One decorator applying the given click decorators in the order listed (first = top)."""
+    decorators = list(decorators)
+
+    def decorate(function):
+        for decorator in reversed(decorators):
+            function = decorator(function)
+        return function
+    return decorate
+
+
+def fit_option(field, **overrides) -> Callable:
+    """The click option of one ``Options`` field (``overrides``: metadata to use instead, e.g.
+    ``help`` or ``cli_default``)."""
+    meta, name = {**field.metadata, **overrides}, field.name
+    flag = meta["flag"] or "--" + name.replace("_", "-")
+    if meta["kind"] is bool and "/" not in flag:
+        flag = f"{flag}/--no-{flag[2:]}"
+    kwargs = {"help": meta["help"], "default": meta["cli_default"], "show_default": meta["cli_default"] is not None}
+    if meta["kind"] is not bool:
+        if meta["choices"]:
+            kwargs["type"] = click.Choice(list(meta["choices"]))
+        elif meta["low"] is not None or meta["high"] is not None:
+            ranged = click.IntRange if meta["kind"] is int else click.FloatRange
+            kwargs["type"] = ranged(meta["low"], meta["high"], min_open=meta["low_open"])
+        else:
+            kwargs["type"] = meta["kind"]
+    return click.option(flag, name, **kwargs)
+
+
+def options_field(name: str):
+    """The ``Options`` field called ``name``."""
+    return next(f for f in fields(Options) if f.name == name)
+
+
+def fit_options(exclude: Iterable[str] = ()) -> Callable:
+    """Every field of ``Options`` as an option, in field order, but those named in ``exclude``."""
+    leave_out = set(exclude)
+    return compose(fit_option(f) for f in fields(Options) if f.name not in leave_out)
+
+
+def output_option(help: str, **kwargs) -> Callable:
+    return click.option("-o", "--output", help=help, **kwargs)
+
+
+storage_options_option = click.option(
+    "--storage-options", default="{}", show_default=True,
+    help='JSON options for fsspec, e.g. \'{"endpoint_url": "http://127.0.0.1:8333"}\'.')
+max_pixels_option = click.option(
+    "--max-pixels", type=click.IntRange(1), default=DEFAULT_MAX_PIXELS, show_default=True,
+    help="Refuse images with more pixels (width x height) than this, from their header, before decoding.")
+address_option = click.option(
+    "--address", help="Ray cluster to attach to (default: RAY_ADDRESS, else start a local Ray).")
+num_cpus_option = click.option("--num-cpus", type=click.IntRange(1),
+                               help="CPUs of the local Ray (when one is started).")
+quiet_option = click.option("--quiet", is_flag=True, help="No progress bar.")
+dashboard_option = click.option("--address", required=True, envvar="RAY_ADDRESS",
+                                help="Ray dashboard, e.g. http://HEAD:8265 (default: RAY_ADDRESS).")
+
+
+def batch_options(exclude: Iterable[str] = ()) -> Callable:
+    """The options of ``dip run`` (also ``dip submit``'s and ``dip evaluate``'s), but ``exclude``."""
+    leave_out = set(exclude)
+    options = {
+        "manifest": click.option("--manifest", required=True,
+                                 help="Parquet manifest (file or folder), any fsspec URL."),
+        "output": output_option("Output prefix (folder or URL).", required=True),
+        "fit": fit_options(leave_out),
+        "gpus_per_fit": click.option(
+            "--gpus-per-fit", type=click.FloatRange(0, 1),
+            help="GPU share per fit (1, 0.5, 0.25; 0 = CPU). Default: 1 on a cluster with GPUs, else 0."),
+        "cpus_per_fit": click.option("--cpus-per-fit", type=click.IntRange(1), default=1, show_default=True,
+                                     help="CPUs (and torch threads) per fit."),
+        "pack": click.option("--pack", type=click.IntRange(1, 64), default=1, show_default=True,
+                             help="Images per batch; same-size images of a batch are fitted together as one "
+                                  "batched computation (saturates a GPU with small images)."),
+        "max_workers": click.option("--workers", "max_workers", type=click.IntRange(1), help="Fits at once, at most."),
+        "force": click.option("--force", is_flag=True, help="Redo images that already have an ok result."),
+        "max_pixels": max_pixels_option,
+        "storage_options": storage_options_option,
+        "run_id": click.option("--run-id", help="Default: a new UTC timestamp id."),
+    }
+    return compose(option for name, option in options.items() if name not in leave_out)
+
+
+def parse_json_object(text: str, name: str) -> dict:
+    """A JSON object from an option's text; click.BadParameter naming the option otherwise."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise click.BadParameter(f"not valid JSON: {error}", param_hint=name) from None
+    if not isinstance(value, dict):
+        raise click.BadParameter(f"expected a JSON object, got {text!r}", param_hint=name)
+    return value

@@ -1,0 +1,67 @@
+"""``dip restore``: one image, read, restored and written (no Ray)."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from ..core.options import OPTION_NAMES
+from .options import fit_options, max_pixels_option, output_option, parse_json_object, storage_options_option
+
+
+def configure_threads() -> None:
+    """One torch thread per CPU that this process may use (Ray sets OMP_NUM_THREADS)."""
+    import os
+
+    import torch
+
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or len(os.sched_getaffinity(0))))
+
+
+@click.command()
+@click.argument("input_url", metavar="INPUT")
+@output_option("Where to write the restored PNG (path or URL).", required=True)
+@fit_options()
+@click.option("--mask", help="Inpainting mask (white = known pixel).")
+@click.option("--reference", help="Clean image, for PSNR/SSIM only.")
+@click.option("--guide", help="Flash / no-flash: the flash image (network input).")
+@click.option("--degradation", "--degrade", "degradation",
+              help="Treat INPUT as clean and degrade it first: noise:25, downsample:4, mask:bernoulli:0.5, jpeg:10 "
+                   "(sets the task; INPUT becomes the reference).")
+@max_pixels_option
+@storage_options_option
+@click.option("--json", "as_json", is_flag=True, help="Print metrics and timings as one JSON object.")
+def restore(input_url, output, mask, reference, guide, degradation, max_pixels, storage_options, as_json, **fit):
+    """Restore one image INPUT (path or URL) and write a PNG to OUTPUT."""
+    from .. import storage
+    from ..batch.inputs import load_inputs
+    from ..core.fit import FitDiverged, FitTimeout
+    from ..core.images import ImageError, encode_png
+    from ..core.memory import FitTooLarge
+    from ..core.options import Options
+    from ..core.restore import resolve_device
+    from ..core.restore import restore as run_restore
+
+    configure_threads()
+    options_json = parse_json_object(storage_options, "--storage-options")
+    try:
+        inputs = load_inputs(input_url, mask_uri=mask, reference_uri=reference, guide_uri=guide,
+                             degradation=degradation, seed=fit["seed"], storage_options=options_json,
+                             max_pixels=max_pixels)
+        if inputs.task:  # the degradation sets the task (and the scale)
+            fit.update(task=inputs.task, scale=inputs.scale or fit["scale"])
+        options = Options.from_dict({**{k: fit[k] for k in OPTION_NAMES}, "device": resolve_device(fit["device"])})
+        result = run_restore(**inputs.restore_kwargs(), options=options)
+        storage.write_bytes(output, encode_png(result.picture), options_json)
+    except (ImageError, ValueError, OSError, FitDiverged, FitTimeout, FitTooLarge) as error:
+        raise click.ClickException(str(error)) from None
+    summary = {**result.summary(), "input": input_url, "output": output, "device": options.device,
+               "seed": options.seed}
+    if as_json:
+        click.echo(json.dumps(summary))
+    else:
+        psnr = summary["psnr"]
+        click.echo(f"wrote {output}: {summary['width']}x{summary['height']}, {summary['iterations']} iterations "
+                   f"in {summary['seconds']:.1f} s" + (f", PSNR {psnr:.2f} dB" if psnr is not None else "")
+                   + (f" (baseline {summary['psnr_baseline']:.2f} dB)" if summary["psnr_baseline"] is not None else ""))

@@ -1,0 +1,140 @@
+"""``dip run``, ``dip demo`` and ``dip manifest``: the batch job from the command line."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import click
+
+from ..core.options import OPTION_NAMES, Options
+from ..core.presets import PRESET_NAMES
+from .options import (
+    EXIT_BROKE_OFF,
+    EXIT_IMAGES_FAILED,
+    EXIT_NOT_STARTED,
+    EXIT_OK,
+    address_option,
+    batch_options,
+    fit_option,
+    num_cpus_option,
+    options_field,
+    output_option,
+    parse_json_object,
+    quiet_option,
+    storage_options_option,
+)
+
+SAMPLES = Path(__file__).resolve().parents[1] / "samples"
+
+
+def run_config(values: dict):
+    """A ``pipeline.batch.job.RunConfig`` from option values named as ``Options`` and ``RunConfig``
+    fields (``storage_options`` as JSON text); what is not given takes their defaults."""
+    from ..batch.job import RunConfig
+
+    values = dict(values)
+    defaults = Options.from_dict({name: values.pop(name) for name in OPTION_NAMES if name in values})
+    storage_options = parse_json_object(values.pop("storage_options", "{}"), "--storage-options")
+    return RunConfig(defaults=defaults, storage_options=storage_options, **values)
+
+
+def run_batch(values: dict, address: str | None, num_cpus: int | None = None, quiet: bool = False) -> int:
+    """Shared by ``dip run``, ``dip demo``, ``dip evaluate`` and ``jobs/``: returns the exit code."""
+    from ..batch.job import run, start_ray
+    from ..batch.manifest import ManifestError
+    from .progress import RunProgress
+
+    progress = None
+    try:
+        config = run_config(values)
+        start_ray(address, num_cpus)
+        with RunProgress(quiet=quiet) as progress:
+            summary = run(config, on_result=progress.advance, on_plan=progress.start)
+    except Exception as error:  # noqa: BLE001  (any failure: an exit code and one line, never a traceback)
+        if progress is not None and progress.task is not None:  # fits had begun: rerun to resume
+            click.echo(f"dip run: the run broke off: {type(error).__name__}: {error}", err=True)
+            return EXIT_BROKE_OFF
+        reason = str(error) if isinstance(error, (ManifestError, ValueError, OSError)) else \
+            f"{type(error).__name__}: {error}"
+        click.echo(f"dip run: could not start: {reason}", err=True)
+        return EXIT_NOT_STARTED
+    progress.print_summary(summary)
+    return EXIT_OK if summary.failed == 0 else EXIT_IMAGES_FAILED
+
+
+def demo_manifest(folder: Path) -> Path:
+    """A manifest over the bundled samples: denoising, x4 super-resolution, inpainting."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [
+        {"image_id": "f16-noise25", "uri": str(SAMPLES / "f16.png"), "degradation": "noise:25"},
+        {"image_id": "zebra-x4", "uri": str(SAMPLES / "zebra.png"), "degradation": "downsample:4"},
+        {"image_id": "kate-text", "uri": str(SAMPLES / "kate.png"), "task": "inpaint",
+         "mask_uri": str(SAMPLES / "kate_mask.png"), "reference_uri": str(SAMPLES / "kate.png")},
+    ]
+    columns = ("image_id", "uri", "task", "degradation", "mask_uri", "reference_uri")
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "demo_manifest.parquet"
+    pq.write_table(pa.table({c: [row.get(c) for row in rows] for c in columns}), path)
+    return path
+
+
+@click.command("run")
+@batch_options()
+@address_option
+@num_cpus_option
+@quiet_option
+def run(address, num_cpus, quiet, **values):
+    """Restore every image of a manifest on Ray; rerun the same command to resume."""
+    sys.exit(run_batch(values, address, num_cpus, quiet))
+
+
+@click.command()
+@output_option("Output folder.", default="out/demo", show_default=True)
+@click.option("--preset", type=click.Choice(list(PRESET_NAMES)), default="cpu-small", show_default=True,
+              help="The preset of every image (cpu-small: seconds per image on a CPU).")
+@click.option("--force/--no-force", default=True, show_default=True, help="Redo images done by an earlier demo.")
+def demo(output, preset, force):
+    """The main job on an embedded default: bundled samples, a local Ray, the CPU preset."""
+    manifest = demo_manifest(Path(output))
+    values = dict(manifest=str(manifest), output=output, preset=preset, device="cpu", gpus_per_fit=0, force=force)
+    sys.exit(run_batch(values, address=None, num_cpus=min(2, os.cpu_count() or 1)))
+
+
+def _column_option(name: str) -> Callable:
+    """A fit option of ``Options`` as a manifest column for every row (no default: left out)."""
+    help = f"The {name} column of every row. " + options_field(name).metadata["help"]
+    return fit_option(options_field(name), cli_default=None, help=help)
+
+
+@click.command("manifest")
+@click.argument("source")
+@output_option("Where to write the manifest (.parquet).", required=True)
+@_column_option("task")
+@_column_option("scale")
+@click.option("--degradation", "--degrade", "degradation",
+              help="Degrade the (clean) images first: noise:25, downsample:4, mask:bernoulli:0.5, jpeg:10.")
+@_column_option("preset")
+@storage_options_option
+def manifest(source, output, task, scale, degradation, preset, storage_options):
+    """Build a manifest from the images under a prefix or matching a glob."""
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from .. import storage
+    from ..batch.manifest import listing_rows
+
+    options = parse_json_object(storage_options, "--storage-options")
+    rows = listing_rows(source, options, task=task, scale=scale, degradation=degradation, preset=preset)
+    if not rows:
+        raise click.ClickException(f"no images under {source}")
+    buffer = io.BytesIO()
+    pq.write_table(pa.Table.from_pylist(rows), buffer)
+    storage.write_bytes(output, buffer.getvalue(), options)
+    click.echo(f"wrote {output}: {len(rows)} images")

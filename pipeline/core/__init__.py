@@ -1,0 +1,1 @@
+"""The DIP library: torch, numpy, Pillow and scikit-image only (see the README's module table)."""

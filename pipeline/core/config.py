@@ -1,0 +1,146 @@
+"""The frozen configurations of a DIP fit: the network (``NetConfig``), the fit loop
+(``FitConfig``) and the early-stopping detector (``EarlyStopConfig``).
+
+Plain dataclasses with no torch import, so that presets, ``Options`` and the ``dip`` command's
+help can be built without loading torch. ``pipeline.core.nets``, ``fit`` and ``early_stop``
+re-export the class each uses.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+
+KINDS = ("skip", "unet", "resnet")
+UPSAMPLE_MODES = ("bilinear", "nearest")
+DOWNSAMPLE_MODES = ("stride", "avg", "max")
+PADS = ("reflection", "zero")
+INPUT_KINDS = ("noise", "meshgrid")
+
+
+@dataclass(frozen=True)
+class NetConfig:
+    """A DIP generator network (``pipeline.core.nets.build_net``): kind, channels per scale, filters,
+    up/down-sampling and padding. Sizes in px, channel counts per layer."""
+
+    kind: str = "skip"  # "skip" | "unet" | "resnet"  (hourglass = skip with channels_skip all 0)
+    in_channels: int = 32
+    out_channels: int = 3
+    channels_down: tuple[int, ...] = (128, 128, 128, 128, 128)  # one entry per scale
+    channels_up: tuple[int, ...] = (128, 128, 128, 128, 128)
+    channels_skip: tuple[int, ...] = (4, 4, 4, 4, 4)  # 0 = no skip at that scale; unused by unet
+    filter_size_down: int = 3
+    filter_size_up: int = 3
+    filter_size_skip: int = 1
+    upsample_mode: str = "bilinear"  # "bilinear" | "nearest"
+    downsample_mode: str = "stride"  # "stride" | "avg" | "max"
+    pad: str = "reflection"  # "reflection" | "zero"
+    need_1x1_up: bool = True
+    need_sigmoid: bool = True
+    # resnet only:
+    resnet_blocks: int = 8
+    resnet_channels: int = 64
+
+    def __post_init__(self):
+        for name, allowed in (("kind", KINDS), ("upsample_mode", UPSAMPLE_MODES),
+                              ("downsample_mode", DOWNSAMPLE_MODES), ("pad", PADS)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"NetConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        for name in ("in_channels", "out_channels", "resnet_blocks", "resnet_channels"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"NetConfig.{name} must be a positive int, got {value!r}")
+        for name in ("filter_size_down", "filter_size_up", "filter_size_skip"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1 or value % 2 == 0:
+                raise ValueError(f"NetConfig.{name} must be a positive odd int, got {value!r}")
+        for name in ("channels_down", "channels_up", "channels_skip"):
+            value, lowest = getattr(self, name), 0 if name == "channels_skip" else 1
+            if not (isinstance(value, tuple) and value and all(isinstance(c, int) and c >= lowest for c in value)):
+                raise ValueError(f"NetConfig.{name} must be a non-empty tuple of ints >= {lowest}, got {value!r}")
+        if not len(self.channels_down) == len(self.channels_up) == len(self.channels_skip):
+            raise ValueError("NetConfig.channels_down, channels_up and channels_skip need one entry per scale, got "
+                             f"{self.channels_down!r}, {self.channels_up!r}, {self.channels_skip!r}")
+
+    @property
+    def depth(self) -> int:
+        """Number of 2x downsamplings (scales); H and W must be multiples of 2**depth. 0 for resnet."""
+        return 0 if self.kind == "resnet" else len(self.channels_down)
+
+    @property
+    def min_deepest(self) -> int:
+        """Smallest side, in px, the deepest feature map may have (pass it to grid_size).
+
+        BatchNorm fails in training on a single 1x1 map, and reflection padding needs a map larger
+        than the pad: so at least 2, and more for reflection-padded filters larger than 3.
+        """
+        filter_size = 3 if self.kind == "resnet" else self.filter_size_down
+        return max(2, (filter_size - 1) // 2 + 1) if self.pad == "reflection" else 2
+
+
+
+def skip_config(**overrides) -> NetConfig:
+    """The paper's default skip net (5 scales, 128 channels, 4-channel skips), with fields replaced."""
+    unknown = sorted(set(overrides) - {f.name for f in fields(NetConfig)})
+    if unknown:
+        raise ValueError(f"skip_config: unknown NetConfig fields {unknown}")
+    return replace(NetConfig(), **overrides)
+
+
+NET_VARIANTS: dict[str, NetConfig] = {
+    "skip": skip_config(),
+    "hourglass": skip_config(channels_skip=(0,) * 5),
+    "skip6": skip_config(channels_down=(128,) * 6, channels_up=(128,) * 6, channels_skip=(4,) * 6),
+    "unet": NetConfig(kind="unet", channels_down=(16, 32, 64, 128, 256),
+                      channels_up=(16, 32, 64, 128, 256), channels_skip=(0,) * 5),
+    "resnet": NetConfig(kind="resnet"),
+    "tiny": skip_config(channels_down=(16, 16, 16), channels_up=(16, 16, 16), channels_skip=(4, 4, 4)),
+}
+
+
+@dataclass(frozen=True)
+class EarlyStopConfig:
+    """The ES-WMV detector (``pipeline.core.early_stop``): window and patience in iterations."""
+
+    window: int = 100  # W: outputs in the moving window
+    patience: int = 1000  # P: iterations without a new variance minimum before stopping
+    start: int = 0  # minima before this iteration do not count
+    tolerance: float = 0.0  # a minimum restarts the patience only if this fraction below the last that did
+    dry_run: bool = False  # detect and keep the output at the minimum, but run the whole budget (to measure)
+
+    def __post_init__(self):
+        if self.window < 2:
+            raise ValueError(f"early-stop window must be >= 2, got {self.window!r}")
+        if self.patience < 1:
+            raise ValueError(f"early-stop patience must be >= 1, got {self.patience!r}")
+        if self.start < 0:
+            raise ValueError(f"early-stop start must be >= 0, got {self.start!r}")
+        if not 0 <= self.tolerance < 1:
+            raise ValueError(f"early-stop tolerance must be in [0, 1), got {self.tolerance!r}")
+
+
+@dataclass(frozen=True)
+class FitConfig:
+    """The fit loop (``pipeline.core.fit``): iterations, Adam's lr, the input jitter's std (z units),
+    the output EMA, backtracking (a PSNR drop in dB against y) and early stopping."""
+
+    iterations: int = 3000
+    lr: float = 0.01
+    reg_noise_std: float = 0.0  # std of the fresh noise added to z at every iteration
+    ema: float | None = None  # output moving average factor (the paper: 0.99), None = off
+    backtrack: bool = False  # restore the last good weights when the loss jumps
+    backtrack_drop_db: float = 5.0  # a jump = PSNR against y falls by more than this
+    max_backtracks: int = 50
+    check_every: int = 100  # iterations between checks: history, backtracking, early stop
+    early_stop: EarlyStopConfig | None = None
+
+    def __post_init__(self):
+        if self.iterations < 1:
+            raise ValueError(f"iterations must be >= 1, got {self.iterations!r}")
+        if not self.lr > 0:
+            raise ValueError(f"lr (learning rate) must be > 0, got {self.lr!r}")
+        if not self.reg_noise_std >= 0:
+            raise ValueError(f"reg_noise_std must be >= 0, got {self.reg_noise_std!r}")
+        if self.ema is not None and not 0 < self.ema < 1:
+            raise ValueError(f"ema must be in (0, 1) or None, got {self.ema!r}")
+        if self.check_every < 1:
+            raise ValueError(f"check_every must be >= 1, got {self.check_every!r}")

@@ -1,0 +1,351 @@
+"""One image, one task: check the inputs, tile or not, choose the operator, network and input,
+fit, and score. Also N same-size images in one packed fit (``restore_many``).
+
+This is what ``dip restore`` and the batch job call. It takes decoded pictures
+(``pipeline.core.images.Picture``) and returns one; reading and writing them is the caller's job.
+
+    restore(observed, options)        check_inputs -> choose_tile -> (restore_tiled | prepare -> fit -> finish)
+    restore_many([{observed, options}, ...])   prepare each -> fit_many(PackedNets) -> finish each
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .baselines import degraded_input, tv_restore
+from .features import feature_extractor
+from .fit import FitResult, FitTimeout, fit, fit_many
+from .images import Picture
+from .memory import GiB, choose_tile, memory_budget, memory_needed
+from .metrics import score
+from .nets import build_net, grid_size, make_input
+from .operators import Denoise, FeatureInversion, Inpainting, JpegArtifacts, Operator, SuperResolution
+from .options import Options
+from .packed import PackedNets
+from .presets import Preset
+from .tiles import TILE_OVERLAP_DIVISOR, blend_weights, tile_boxes
+
+PACKABLE_TASKS = ("denoise", "jpeg", "sr", "inpaint")
+
+
+@dataclass
+class Restoration:
+    """What ``restore`` returns: the restored picture, the fit, the resolved preset and the scores."""
+
+    picture: Picture  # the restored image, alpha carried through, at the input's bit depth
+    fit: FitResult
+    preset: Preset
+    metrics: dict  # psnr, ssim, psnr_y (sr), psnr_input: dB / [0, 1]; None without a reference
+
+    def summary(self) -> dict:
+        """Metrics and timings as plain JSON-able values."""
+        return {
+            "task": self.preset.task,
+            "preset": self.preset.name,
+            **self.metrics,
+            "iterations": self.fit.iterations,
+            "best_iteration": self.fit.best_iteration,
+            "stopped_early": self.fit.stopped_early,
+            "backtracks": self.fit.backtracks,
+            "seconds": round(self.fit.seconds, 3),
+            "iterations_per_second": round(self.fit.iterations_per_second, 2),
+            "width": self.picture.width,
+            "height": self.picture.height,
+        }
+
+
+def restore(
+    observed: Picture,
+    options: Options,
+    *,
+    mask: Picture | None = None,
+    reference: Picture | None = None,
+    guide: Picture | None = None,
+) -> Restoration:
+    """Restore ``observed`` with DIP. ``mask`` (inpaint, white = known), ``guide`` (flash: the
+    flash image) and ``reference`` (the clean image, only for scoring) as the task needs.
+
+    A fit whose memory estimate (``pipeline.core.memory``) exceeds the budget runs in overlapping
+    tiles blended without seams (``restore_tiled``), the largest tile that fits; with
+    ``options.tiling`` off it raises ``FitTooLarge`` before anything is allocated.
+    """
+    check_inputs(observed, options, mask=mask, guide=guide)
+    tile = choose_tile(observed, options)
+    if tile is not None:
+        return restore_tiled(observed, options, mask=mask, reference=reference, guide=guide, tile=tile,
+                             overlap=max(1, tile // TILE_OVERLAP_DIVISOR))
+    job = prepare(observed, options, mask=mask, reference=reference, guide=guide)
+    # 3. Fit.
+    result = fit(job.net, job.z, job.operator, job.y, job.preset.fit, reference=job.reference, seed=options.seed,
+                 device=options.device, time_limit_s=options.time_limit_s)
+    return finish(job, result)
+
+
+def check_inputs(observed: Picture, options: Options, *, mask: Picture | None = None,
+                 guide: Picture | None = None) -> None:
+    """What the task needs (``Options.check_complete``), and a mask and guide of the image's size."""
+    options.check_complete(has_mask=mask is not None, has_guide=guide is not None)
+    for name, picture in (("mask", mask), ("guide", guide)):
+        if picture is not None and (picture.height, picture.width) != (observed.height, observed.width):
+            raise ValueError(f"{name} is {picture.width}x{picture.height} but the image is "
+                             f"{observed.width}x{observed.height}")
+
+
+@dataclass
+class Prepared:
+    """Everything one fit needs, on the CPU: what ``restore`` fits and ``restore_many`` stacks."""
+
+    observed: Picture
+    options: Options
+    preset: Preset
+    operator: Operator
+    y: Tensor  # [1, C, h, w] the observation in the operator's output space
+    z: Tensor  # [1, Cz, H', W'] the network input on its grid
+    net: torch.nn.Module
+    reference: Tensor | None  # [1, C, H, W]
+    height: int
+    width: int
+
+
+def prepare(observed: Picture, options: Options, *, mask: Picture | None = None, reference: Picture | None = None,
+            guide: Picture | None = None) -> Prepared:
+    """Steps 1-2 of ``restore``: the operator, the observation, the seeded input and network."""
+    check_inputs(observed, options, mask=mask, guide=guide)
+    preset = options.resolve()
+    y = observed.pixels  # [1, C, h, w] in [0, 1]
+
+    # 1. The forward operator, and the observation in its space.
+    operator = build_operator(options, observed, mask)
+    height, width = operator.image_size(*y.shape[-2:])
+    if not operator.observes_image:  # feature inversion: the input is the image whose features to invert
+        reference = reference or observed
+        y = operator.degrade(observed.pixels, torch.Generator())
+
+    # 2. The network input z on the network's grid, and the network (both seeded).
+    grid = grid_size(height, width, preset.net.depth)
+    if preset.input_kind == "image":
+        z = _guide_input(guide, height, width, grid)
+    else:
+        generator = torch.Generator().manual_seed(options.seed)
+        z = make_input(preset.input_kind, preset.input_channels, *grid, generator)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(options.seed)
+        net = build_net(replace(preset.net, in_channels=z.shape[1], out_channels=observed.channels))
+    ref = _check_reference(reference, observed.channels, height, width)
+    return Prepared(observed, options, preset, operator, y, z, net, ref, height, width)
+
+
+def finish(job: Prepared, result: FitResult) -> Restoration:
+    """Step 4 of ``restore``: score against the reference, carry alpha through."""
+    options, observed, ref, y = job.options, job.observed, job.reference, job.y
+    baselines = {}
+    if ref is not None and options.task in ("denoise", "sr", "inpaint", "jpeg"):
+        baselines["baseline"] = degraded_input(job.operator, y.cpu())
+        if options.tv_baseline:
+            baselines["tv"] = tv_restore(job.operator.cpu().float(), y.cpu().float())
+    metrics = score(options.task, result.image, ref, observed.pixels, baselines)
+    picture = Picture(pixels=result.image, alpha=_resize_alpha(observed.alpha, job.height, job.width),
+                      bit_depth=observed.bit_depth)
+    return Restoration(picture=picture, fit=result, preset=job.preset, metrics=metrics)
+
+
+def build_operator(options: Options, observed: Picture, mask: Picture | None) -> Operator:
+    """The forward operator A of the task, for inputs that passed ``check_inputs``."""
+    task, c, h, w = options.task, observed.channels, observed.height, observed.width
+    if task == "denoise":
+        return Denoise()
+    if task == "jpeg":
+        return JpegArtifacts()
+    if task == "flash":
+        return Operator()
+    if task == "sr":
+        return SuperResolution(options.scale, channels=c)
+    if task == "inpaint":
+        return Inpainting(mask.pixels.mean(dim=1, keepdim=True))
+    if task == "invert":
+        if c != 3:
+            raise ValueError(f"feature inversion needs an RGB image, got {c} channel(s)")
+        return FeatureInversion(feature_extractor(options.arch, options.layer, options.weights), h, w)
+    raise ValueError(f"unknown task {task!r}")
+
+
+def resolve_device(device: str) -> str:
+    """'auto' = CUDA when available, else the CPU; anything else is checked by torch."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        torch.device(device)
+    except RuntimeError as error:
+        raise ValueError(f"bad device {device!r}: {error}") from None
+    return device
+
+
+# -----------------------------------------------------------------------------
+# tiles: an image beyond the memory budget
+
+
+def restore_tiled(
+    observed: Picture,
+    options: Options,
+    *,
+    mask: Picture | None = None,
+    reference: Picture | None = None,
+    guide: Picture | None = None,
+    tile: int,
+    overlap: int,
+    restore_one: Callable[..., Restoration] | None = None,
+) -> Restoration:
+    """Restore ``observed`` tile by tile (``pipeline.core.tiles``) and blend the tiles into one image.
+
+    tile, overlap: in px of the observation. The observation, ``mask`` and ``guide`` are cut the
+    same way; the restored image is ``scale`` times larger for super-resolution, and so are its
+    tiles and their overlap. Tile k is fitted with seed options.seed + k and no reference;
+    ``reference`` (clean, image-sized) scores the blended image once. options.time_limit_s bounds
+    all tiles together. The FitResult sums seconds and backtracks, takes the largest iteration
+    counts, is stopped_early when every tile was, and has no history; metrics["tiles"] = the count.
+    restore_one: what fits one tile, with ``restore``'s signature (default: ``restore``).
+    """
+    restore_one = restore if restore_one is None else restore_one
+    # 1. The tiles, in observation space, and the image space they restore into.
+    if options.task == "invert":
+        raise ValueError("task 'invert' cannot be tiled: the features are of the whole image")
+    check_inputs(observed, options, mask=mask, guide=guide)
+    s = options.scale if options.task == "sr" else 1
+    height, width = observed.height * s, observed.width * s
+    ref = _check_reference(reference, observed.channels, height, width)
+    boxes = tile_boxes(observed.height, observed.width, tile, overlap)
+
+    # 2. Restore each tile, accumulating tile * weight and weight in image space.
+    total = torch.zeros(1, observed.channels, height, width)  # (1, C, H, W)
+    weight_sum = torch.zeros(1, 1, height, width)  # (1, 1, H, W)
+    started, results = time.perf_counter(), []
+    for k, (top, left, h, w) in enumerate(boxes):
+        tile_options = replace(options, seed=options.seed + k)
+        if options.time_limit_s is not None:
+            left_s = options.time_limit_s - (time.perf_counter() - started)
+            if left_s <= 0:
+                raise FitTimeout(f"the tiled fit ran past its time limit of {options.time_limit_s:g} s "
+                                 f"after {k} of {len(boxes)} tiles")
+            tile_options = replace(tile_options, time_limit_s=left_s)
+        result = restore_one(_crop(observed, top, left, h, w), tile_options, mask=_crop(mask, top, left, h, w),
+                         reference=None, guide=_crop(guide, top, left, h, w))
+        box = (top * s, left * s, h * s, w * s)
+        pixels = result.picture.pixels
+        if tuple(pixels.shape) != (1, observed.channels, h * s, w * s):
+            raise ValueError(f"a tile came back {list(pixels.shape)} for the box {box} in image space")
+        weight = blend_weights(box, height, width, overlap * s)  # (1, 1, h*s, w*s)
+        total[..., box[0]:box[0] + box[2], box[1]:box[1] + box[3]] += pixels * weight
+        weight_sum[..., box[0]:box[0] + box[2], box[1]:box[1] + box[3]] += weight
+        results.append(result)
+    image = total / weight_sum  # (1, C, H, W), in [0, 1]: a convex combination of the tiles
+
+    # 3. Score the whole image once, carry alpha through, and sum up the fits.
+    metrics = score(options.task, image, ref, observed.pixels, baselines={})
+    metrics["tiles"] = len(boxes)
+    fits = [r.fit for r in results]
+    summed = FitResult(
+        image=image,
+        best_iteration=max(f.best_iteration for f in fits),
+        iterations=max(f.iterations for f in fits),
+        stopped_early=all(f.stopped_early for f in fits),
+        backtracks=sum(f.backtracks for f in fits),
+        seconds=sum(f.seconds for f in fits),
+        history=[],
+    )
+    picture = Picture(pixels=image, alpha=_resize_alpha(observed.alpha, height, width), bit_depth=observed.bit_depth)
+    return Restoration(picture=picture, fit=summed, preset=results[0].preset, metrics=metrics)
+
+
+def _crop(picture: Picture | None, top: int, left: int, h: int, w: int) -> Picture | None:
+    """The box of ``picture``, without alpha (the whole image's alpha is carried through once)."""
+    if picture is None:
+        return None
+    pixels = picture.pixels[..., top:top + h, left:left + w].contiguous()  # (1, C, h, w)
+    return Picture(pixels=pixels, alpha=None, bit_depth=picture.bit_depth)
+
+
+# -----------------------------------------------------------------------------
+# packs: N same-size images in one batched fit
+
+
+def pack_key(observed: Picture, options: Options) -> tuple | None:
+    """Images with equal keys can share one packed fit (``restore_many``): every option but the
+    seed, and the image's channels and size. None = fit it alone."""
+    if options.task not in PACKABLE_TASKS:
+        return None
+    return (replace(options, seed=0), observed.channels, observed.height, observed.width)
+
+
+def restore_many(items: Sequence[dict]) -> list[Restoration]:
+    """Restore several same-size images in one packed fit (``pipeline.core.packed.PackedNets``).
+
+    items: one dict per image with the keyword arguments of ``restore``: ``observed``, ``options``
+    and optionally ``mask`` and ``reference``. All must share ``pack_key``; each keeps its own
+    seed (input, network and jitter), so each result is the one ``restore`` gives (up to rounding).
+    The time limit is per image, as in ``restore``: the pack of N gets N times it (its images are
+    one size and one preset, so they cost the same).
+    """
+    if not items:
+        return []
+    keys = {pack_key(item["observed"], item["options"]) for item in items}
+    if None in keys or len(keys) != 1:
+        raise ValueError(f"restore_many needs images of one packable kind (tasks {PACKABLE_TASKS}, one size, one "
+                         f"preset, one device); got keys {sorted(map(str, keys))}")
+    for item in items:
+        check_inputs(item["observed"], item["options"], mask=item.get("mask"))
+    needed, budget = memory_needed(items[0]["observed"], items[0]["options"]) * len(items), \
+        memory_budget(items[0]["options"])
+    if needed > budget:
+        raise ValueError(f"a pack of {len(items)} images needs about {needed / GiB:.1f} GiB, over the "
+                         f"{budget / GiB:.1f} GiB budget: pack fewer")
+    jobs = [prepare(item["observed"], item["options"], mask=item.get("mask"), reference=item.get("reference"))
+            for item in items]
+    first, options = jobs[0], jobs[0].options
+    references = [job.reference for job in jobs]
+    reference = torch.cat(references) if all(r is not None for r in references) else None
+    results = fit_many(
+        PackedNets([job.net for job in jobs]), torch.cat([job.z for job in jobs]),
+        first.operator.stack([job.operator for job in jobs]), torch.cat([job.y for job in jobs]), first.preset.fit,
+        reference=reference, seeds=[job.options.seed for job in jobs], device=options.device,
+        time_limit_s=None if options.time_limit_s is None else options.time_limit_s * len(jobs),
+    )
+    return [finish(job, result) for job, result in zip(jobs, results, strict=True)]
+
+
+# -----------------------------------------------------------------------------
+# helpers
+
+
+def _check_reference(reference: Picture | None, channels: int, height: int, width: int) -> Tensor | None:
+    """The reference's pixels [1, channels, height, width], its channels matched to the image's."""
+    if reference is None:
+        return None
+    if (reference.height, reference.width) != (height, width):
+        raise ValueError(
+            f"reference is {reference.width}x{reference.height} but the restored image is {width}x{height}"
+        )
+    pixels = reference.pixels
+    if pixels.shape[1] != channels:
+        pixels = pixels.mean(dim=1, keepdim=True) if channels == 1 else pixels.expand(-1, channels, -1, -1)
+    return pixels
+
+
+def _resize_alpha(alpha: Tensor | None, height: int, width: int) -> Tensor | None:
+    """Alpha [1, 1, h, w] brought to the restored size (bicubic, clamped to [0, 1]; super-resolution)."""
+    if alpha is None or alpha.shape[-2:] == (height, width):
+        return alpha
+    return F.interpolate(alpha, size=(height, width), mode="bicubic", align_corners=False).clamp(0, 1)
+
+
+def _guide_input(guide: Picture, height: int, width: int, grid: tuple[int, int]) -> Tensor:
+    """The flash image [1, 3, height, width] (checked by ``check_inputs``) as the network input,
+    replicate-padded (centred) to the grid."""
+    top, left = (grid[0] - height) // 2, (grid[1] - width) // 2
+    pad = (left, grid[1] - width - left, top, grid[0] - height - top)
+    return F.pad(guide.pixels, pad, mode="replicate")

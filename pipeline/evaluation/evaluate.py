@@ -1,0 +1,133 @@
+"""Evaluation suites (``pipeline.evaluation.suites``) as batch manifests.
+
+``dip evaluate SUITE`` builds the manifest here, writes it to
+``<output>/evaluation_manifest.parquet`` and runs it through the same batch job as ``dip run``;
+``dip report`` reads the results back. Every row carries two extra columns, ``suite`` and
+``paper_psnr`` (the paper's DIP figure for the suite, where it gives one), which the batch job
+carries into the results table.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import posixpath
+
+from .. import storage
+from ..batch.manifest import manifest_id
+from ..core.formats import IMAGE_SUFFIXES
+from ..core.operators import parse_degradation
+from .suites import DENOISE_COLOR, INPAINT_SAMPLES, PAPER, SET5, SUITES
+
+COLUMNS = ("image_id", "uri", "task", "degradation", "reference_uri", "mask_uri", "preset", "params",
+           "suite", "paper_psnr")
+MANIFEST_NAME = "evaluation_manifest.parquet"
+
+
+def build_rows(suite: str, data: str, output: str, *, preset: str | None = None, limit: int | None = None,
+               crop: int | None = None, degradation: str | None = None, tv_baseline: bool | None = None,
+               storage_options: dict | None = None) -> list[dict]:
+    """The manifest rows of ``suite`` over the images under ``data`` (a folder or URL prefix).
+
+    preset: replaces each row's paper preset (e.g. ``cpu-small``); limit: keep the first N
+    images; crop: write N x N centre crops (N a multiple of 4) of each image, and of its mask and
+    reference, under ``<output>/crops/<suite>/`` and point the rows at them; tv_baseline: also
+    score the TV prior (None: on for set5-x4 only). Raises ValueError naming a bad value,
+    FileNotFoundError naming a missing file.
+    """
+    # 1. Check the arguments.
+    if suite not in SUITES:
+        raise ValueError(f"unknown suite {suite!r}; expected one of {', '.join(SUITES)}")
+    if limit is not None and limit < 1:
+        raise ValueError(f"limit must be >= 1, got {limit!r}")
+    if crop is not None and (crop < 4 or crop % 4):
+        raise ValueError(f"crop must be a positive multiple of 4, got {crop!r}")
+    if suite == "folder" and not degradation:
+        raise ValueError("suite 'folder' needs a degradation (noise:25, downsample:4, mask:bernoulli:0.5, jpeg:10)")
+    if suite != "folder" and degradation:
+        raise ValueError(f"suite {suite!r} has its own degradation; --degradation {degradation!r} is for 'folder'")
+    if degradation:
+        parse_degradation(degradation)  # raises ValueError naming the bad spec
+
+    # 2. The suite's images, with their paper presets.
+    rows = _suite_rows(suite, data, degradation, storage_options)[:limit]
+
+    # 3. Crops (or a check that the originals are there), then the columns every row carries.
+    paper_psnr = PAPER[suite].get("dip")
+    tv = suite == "set5-x4" if tv_baseline is None else tv_baseline
+    for row in rows:
+        for column in ("uri", "reference_uri", "mask_uri"):
+            url = row.get(column)
+            if url is None:
+                continue
+            if crop is not None:
+                name = posixpath.splitext(url.rstrip("/").rsplit("/", 1)[-1])[0]
+                if suite == "folder":
+                    name = row["image_id"]
+                target = storage.join(output, "crops", suite, f"{name}.png")
+                storage.write_bytes(target, centre_crop(storage.read_bytes(url, storage_options), crop, url),
+                                    storage_options)
+                row[column] = target
+            elif not storage.exists(url, storage_options):
+                raise FileNotFoundError(f"suite {suite!r}: {url} is missing "
+                                        f"(is --data {data!r} laid out like ../shared/data?)")
+        row.update(preset=preset or row["preset"], params=json.dumps({"tv_baseline": True}) if tv else None,
+                   suite=suite, paper_psnr=paper_psnr)
+    return [{column: row.get(column) for column in COLUMNS} for row in rows]
+
+
+def _suite_rows(suite: str, data: str, degradation: str | None, storage_options: dict | None) -> list[dict]:
+    def at(*parts: str) -> str:
+        return storage.join(data, *parts)
+
+    if suite == "set5-x4":
+        return [{"image_id": name, "uri": at("set5_x4", f"{name}_GT.png"), "task": "sr",
+                 "degradation": "downsample:4", "preset": "sr-x4"} for name in SET5]
+    if suite == "denoise-color-25":
+        folder = "denoise_color_sigma25"
+        return [{"image_id": name, "uri": at(folder, f"{name}_noisy.png"), "task": "denoise",
+                 "reference_uri": at(folder, f"{name}_GT.png"), "preset": "denoise"} for name in DENOISE_COLOR]
+    if suite == "inpaint-samples":
+        folder = ("samples", "inpainting")
+        return [{"image_id": name, "uri": at(*folder, f"{name}.png"), "task": "inpaint",
+                 "reference_uri": at(*folder, f"{name}.png"), "mask_uri": at(*folder, f"{name}_mask.png"),
+                 "preset": preset} for name, preset in INPAINT_SAMPLES.items()]
+    base = data.rstrip("/")
+    if not storage.exists(base, storage_options):
+        raise FileNotFoundError(f"suite 'folder': no folder or prefix {data!r}")
+    urls = [u for u in storage.list_files(base, storage_options) if u.lower().endswith(IMAGE_SUFFIXES)]
+    if not urls:
+        raise ValueError(f"suite 'folder': no images ({', '.join(IMAGE_SUFFIXES)}) under {data!r}")
+    return [{"image_id": manifest_id(u[len(base):].lstrip("/") if u.startswith(base) else u.rsplit("/", 1)[-1]),
+             "uri": u, "degradation": degradation, "preset": None} for u in urls]
+
+
+def centre_crop(data: bytes, size: int, name: str) -> bytes:
+    """The ``size`` x ``size`` centre of an image (upright per its EXIF orientation) as PNG bytes."""
+    from PIL import Image, ImageOps
+
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image = ImageOps.exif_transpose(image)
+            width, height = image.size
+            if width < size or height < size:
+                raise ValueError(f"{name} is {width}x{height}, smaller than the crop {size}x{size}")
+            left, top = (width - size) // 2, (height - size) // 2
+            buffer = io.BytesIO()
+            image.crop((left, top, left + size, top + size)).save(buffer, format="PNG")
+    except OSError as error:
+        raise ValueError(f"{name}: cannot crop it: {error}") from None
+    return buffer.getvalue()
+
+
+def write_manifest(rows: list[dict], output: str, storage_options: dict | None = None) -> str:
+    """Write the rows to ``<output>/evaluation_manifest.parquet``; returns its URL."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = pa.schema([(c, pa.float64() if c == "paper_psnr" else pa.string()) for c in COLUMNS])
+    sink = pa.BufferOutputStream()
+    pq.write_table(pa.Table.from_pylist(rows, schema), sink)
+    url = storage.join(output, MANIFEST_NAME)
+    storage.write_bytes(url, sink.getvalue().to_pybytes(), storage_options)
+    return url

@@ -1,0 +1,45 @@
+"""The evaluation suites and the paper's figures for them.
+
+    set5-x4           the five Set5 ground truths, degraded by ``downsample:4`` in the job (Pillow
+                      LANCZOS) and scored by the paper's protocol (``psnr_y``); bicubic
+                      (``psnr_y_baseline``) and, with ``tv_baseline``, the TV prior (``psnr_y_tv``).
+    denoise-color-25  the authors' nine noisy inputs (sigma 25) against their ground truths; the
+                      noisy input is the baseline (``psnr_input``, ``psnr_baseline``).
+    inpaint-samples   kate and library (text masks, inpaint-text), vase (a large hole,
+                      inpaint-holes). The input file is the clean image and it is also the
+                      reference: the fit sees only the pixels outside the mask (A(x) = x * m), and
+                      PSNR is taken over the whole image, so the known pixels (fitted) count as
+                      well as the hidden ones (inferred). ``psnr_input`` is infinite (the input is
+                      the reference); the report leaves infinite values out.
+    folder            every image under ``data`` (a folder or prefix of clean images), degraded by
+                      ``degradation`` (required).
+
+Only the standard library is imported, so that ``benchmarks/paper_tables.py`` can read the
+paper's figures and image lists on a GPU machine without pyarrow, fsspec or Ray, and the ``dip``
+command's help without torch.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+SUITES = ("set5-x4", "denoise-color-25", "inpaint-samples", "folder")
+
+# The paper's figures, dB (Ulyanov, Vedaldi, Lempitsky, CVPR 2018 / IJCV 2020).
+PAPER = {
+    "set5-x4": {"dip": 29.90, "bicubic": 28.43, "tv": 28.86},  # Y channel, 4-pixel shave
+    "denoise-color-25": {"dip": 30.43, "cbm3d": 31.42},  # DIP with the output moving average
+    "inpaint-samples": {},
+    "folder": {},
+}
+PAPER_METRIC = {"set5-x4": "psnr_y", "denoise-color-25": "psnr", "inpaint-samples": "psnr", "folder": "psnr"}
+
+SET5 = ("baby", "bird", "butterfly", "head", "woman")
+DENOISE_COLOR = ("F16", "baboon", "hill", "kodim01", "kodim02", "kodim03", "kodim12", "lena", "peppers")
+INPAINT_SAMPLES = {"kate": "inpaint-text", "library": "inpaint-text", "vase": "inpaint-holes"}
+DEFAULT_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"  # ../shared/data
+
+
+def default_data() -> str | None:
+    """``../shared/data`` beside the repository, where it exists."""
+    return str(DEFAULT_DATA) if DEFAULT_DATA.is_dir() else None

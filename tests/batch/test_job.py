@@ -1,0 +1,154 @@
+"""The batch job end to end on real local Ray: outputs, error rows, resume, exit codes."""
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+from click.testing import CliRunner
+from PIL import Image
+
+from pipeline import storage
+from pipeline.batch import results
+from pipeline.cli.main import main
+from pipeline.cli.options import EXIT_IMAGES_FAILED, EXIT_NOT_STARTED, EXIT_OK
+from tests.batch.test_manifest import write_manifest
+
+
+def png_bytes(width=24, height=20, seed=0) -> bytes:
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width]
+    image = np.stack([xx * 255 / width, yy * 255 / height, 128 + 0 * xx], -1) + rng.normal(0, 3, (height, width, 3))
+    buffer = io.BytesIO()
+    Image.fromarray(np.clip(image, 0, 255).astype(np.uint8)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def make_dataset(prefix: str, storage_options=None) -> str:
+    """Three images (one of them not an image) and a manifest under ``prefix``."""
+    storage.write_bytes(storage.join(prefix, "in", "a.png"), png_bytes(seed=1), storage_options)
+    storage.write_bytes(storage.join(prefix, "in", "b.png"), png_bytes(32, 24, seed=2), storage_options)
+    storage.write_bytes(storage.join(prefix, "in", "c.png"), b"this is not a png", storage_options)
+    rows = [
+        {"image_id": "a", "uri": storage.join(prefix, "in", "a.png"), "degradation": "noise:25", "box": "B1"},
+        {"image_id": "b", "uri": storage.join(prefix, "in", "b.png"), "degradation": "downsample:2", "box": "B2"},
+        {"image_id": "c", "uri": storage.join(prefix, "in", "c.png"), "box": "B3"},
+    ]
+    return write_manifest(storage.join(prefix, "manifest.parquet"), rows, storage_options)
+
+
+def dip_run(manifest: str, output: str, *extra: str):
+    args = ["run", "--manifest", manifest, "--output", output, "--preset", "cpu-small", "--iterations", "3",
+            "--device", "cpu", "--quiet", *extra]
+    return CliRunner().invoke(main, args, catch_exceptions=False)
+
+
+def result_files(output: str, storage_options=None) -> list[str]:
+    prefix = storage.join(output, "results")
+    return sorted(storage.list_files(prefix, storage_options)) if storage.exists(prefix, storage_options) else []
+
+
+def test_run_writes_images_rows_record_and_marker_and_resumes(ray_local, tmp_path):
+    manifest = make_dataset(str(tmp_path / "data"))
+    output = str(tmp_path / "out")
+
+    # 1. First run: two images ok, the text file is an error row; the batch goes on.
+    outcome = dip_run(manifest, output)
+    assert outcome.exit_code == EXIT_IMAGES_FAILED, outcome.output
+    assert sorted(p.name for p in (tmp_path / "out" / "restored").iterdir()) == ["a.png", "b.png"]
+    table = results.read_table(output).to_pylist()
+    by_id = {row["image_id"]: row for row in table}
+    assert set(by_id) == {"a", "b", "c"}
+    assert by_id["a"]["status"] == "ok" and by_id["a"]["psnr"] is not None and by_id["a"]["box"] == "B1"
+    assert by_id["b"]["task"] == "sr" and by_id["b"]["psnr_baseline"] is not None
+    assert by_id["c"]["status"] == "error" and "c.png" in by_id["c"]["error"]
+    assert Image.open(tmp_path / "out" / "restored" / "b.png").size == (32, 24)
+    assert all(row["attempt"] == 1 and row["iterations"] in (3, None) for row in table)
+    for column in ("config_hash", "seed", "run_id", "started_at", "finished_at", "device", "seconds"):
+        assert all(row[column] is not None for row in table), column
+    record = json.loads(next((tmp_path / "out" / "runs").glob("*.json")).read_text())
+    assert record["counts"] == {"total": 3, "skipped": 0, "ok": 2, "failed": 1}
+    assert (tmp_path / "out" / "_SUCCESS").exists()
+    first = result_files(output)
+
+    # 2. Same command again: only the failed image is fitted again (attempt 2).
+    outcome = dip_run(manifest, output)
+    assert outcome.exit_code == EXIT_IMAGES_FAILED
+    new = sorted(set(result_files(output)) - set(first))
+    assert len(new) == 1 and "/c/" in new[0] and "-0002-error" in new[0]
+
+    # 3. The bad file is replaced by a good one: the rerun fits it and exits 0.
+    storage.write_bytes(str(tmp_path / "data" / "in" / "c.png"), png_bytes(seed=3))
+    outcome = dip_run(manifest, output)
+    assert outcome.exit_code == EXIT_OK, outcome.output
+    ok_rows = [r for r in results.read_table(output).to_pylist() if r["status"] == "ok"]
+    assert sorted(r["image_id"] for r in ok_rows) == ["a", "b", "c"]  # one ok row per image
+
+    # 4. Nothing left to do: no fit at all; --force redoes every image.
+    before = result_files(output)
+    assert dip_run(manifest, output).exit_code == EXIT_OK
+    assert result_files(output) == before
+    assert dip_run(manifest, output, "--force").exit_code == EXIT_OK
+    assert len(result_files(output)) == len(before) + 3
+
+
+def test_same_image_same_seed_gives_the_same_restoration(ray_local, tmp_path):
+    manifest = make_dataset(str(tmp_path / "data"))
+    dip_run(manifest, str(tmp_path / "one"))
+    dip_run(manifest, str(tmp_path / "two"))
+    a = np.asarray(Image.open(tmp_path / "one" / "restored" / "a.png"))
+    b = np.asarray(Image.open(tmp_path / "two" / "restored" / "a.png"))
+    assert np.array_equal(a, b)
+
+
+def test_an_invalid_manifest_runs_nothing_and_names_the_rows(ray_local, tmp_path):
+    url = write_manifest(str(tmp_path / "m.parquet"), [
+        {"image_id": "good", "uri": "x.png"}, {"image_id": "../evil", "uri": "y.png"}])
+    outcome = dip_run(url, str(tmp_path / "out"))
+    assert outcome.exit_code == EXIT_NOT_STARTED
+    assert "row 2" in outcome.output and "../evil" in outcome.output
+    assert not (tmp_path / "out" / "restored").exists() and not (tmp_path / "out" / "results").exists()
+    assert not (tmp_path / "out" / "_SUCCESS").exists()
+
+
+def test_run_on_s3(ray_local, s3_server, s3_bucket):
+    options = s3_server.storage_options
+    manifest = make_dataset(f"{s3_bucket}/data", options)
+    output = f"{s3_bucket}/out"
+    outcome = dip_run(manifest, output, "--storage-options", json.dumps(options))
+    assert outcome.exit_code == EXIT_IMAGES_FAILED, outcome.output
+    restored = sorted(u.rsplit("/", 1)[-1] for u in storage.list_files(f"{output}/restored", options))
+    assert restored == ["a.png", "b.png"]
+    rows = results.read_table(output, options).to_pylist()
+    assert sorted((r["image_id"], r["status"]) for r in rows) == [("a", "ok"), ("b", "ok"), ("c", "error")]
+    assert storage.exists(f"{output}/_SUCCESS", options)
+    # No credential anywhere in what was written.
+    secret = s3_server.secret_key
+    for url in storage.list_files(output, options):
+        assert secret.encode() not in storage.read_bytes(url, options), url
+
+
+def test_manifest_command_lists_images(tmp_path):
+    for name in ("x.png", "sub/y.jpg", "notes.txt", "with space.png"):
+        path = tmp_path / "imgs" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"x")
+    out = tmp_path / "m.parquet"
+    outcome = CliRunner().invoke(main, ["manifest", str(tmp_path / "imgs"), "--task", "denoise", "-o", str(out)])
+    assert outcome.exit_code == 0, outcome.output
+    rows = pq.read_table(out).to_pylist()
+    ids = sorted(r["image_id"] for r in rows)
+    assert len(ids) == 3 and "x.png" in ids and "sub__y.jpg" in ids
+    assert all(storage.safe_key(i) == i for i in ids)
+    assert all(Path(r["uri"]).exists() for r in rows)
+
+
+def test_the_driver_keeps_a_bounded_sample_of_rows():
+    from pipeline.batch.job import KEEP_FAILED, KEEP_OK, RunSummary
+
+    summary = RunSummary(run_id="r", total=5000)
+    for i in range(2500):
+        summary.add({"image_id": str(i), "status": "ok" if i % 2 else "error"})
+    assert (summary.ok, summary.failed) == (1250, 1250)
+    assert len(summary.rows) == KEEP_OK + KEEP_FAILED

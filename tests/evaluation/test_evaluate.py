@@ -1,0 +1,280 @@
+"""Evaluation suites: the manifests they build, and a reduced suite end to end (dip evaluate + dip report)."""
+
+import csv
+import importlib.util
+import io
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from pipeline import storage
+from pipeline.batch import manifest, results
+from pipeline.cli.main import main
+from pipeline.cli.options import EXIT_NOT_STARTED, EXIT_OK
+from pipeline.core.options import Options
+from pipeline.evaluation import evaluate, suites
+
+ROOT = Path(__file__).resolve().parents[2]
+SHARED = ROOT.parent / "shared" / "data"
+needs_shared_data = pytest.mark.skipif(not SHARED.is_dir(), reason=f"{SHARED} (the paper's images) is absent")
+
+
+def write_png(path: Path, width: int, height: int, seed: int, mode: str = "RGB") -> None:
+    rng = np.random.default_rng(seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    shape = (height, width, 3) if mode == "RGB" else (height, width)
+    Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8), mode).save(path)
+
+
+def fake_data(root: Path, width: int = 70, height: int = 52) -> Path:
+    """Every file the built-in suites read, laid out like ../shared/data, as small random images."""
+    for i, name in enumerate(suites.SET5):
+        write_png(root / "set5_x4" / f"{name}_GT.png", width, height, i)
+    for i, name in enumerate(suites.DENOISE_COLOR):
+        write_png(root / "denoise_color_sigma25" / f"{name}_noisy.png", width, height, 10 + i)
+        write_png(root / "denoise_color_sigma25" / f"{name}_GT.png", width, height, 20 + i)
+    for i, name in enumerate(suites.INPAINT_SAMPLES):
+        write_png(root / "samples" / "inpainting" / f"{name}.png", width, height, 30 + i)
+        write_png(root / "samples" / "inpainting" / f"{name}_mask.png", width, height, 40 + i, mode="L")
+    return root
+
+
+def test_paper_figures_are_the_papers():
+    assert suites.PAPER["set5-x4"] == {"dip": 29.90, "bicubic": 28.43, "tv": 28.86}
+    assert suites.PAPER["denoise-color-25"] == {"dip": 30.43, "cbm3d": 31.42}
+    assert suites.PAPER_METRIC == {"set5-x4": "psnr_y", "denoise-color-25": "psnr", "inpaint-samples": "psnr",
+                                     "folder": "psnr"}
+    assert set(suites.PAPER) == set(suites.SUITES)
+
+
+def test_set5_rows_degrade_the_ground_truth_and_ask_for_the_tv_baseline(tmp_path):
+    data = fake_data(tmp_path / "data")
+    rows = evaluate.build_rows("set5-x4", str(data), str(tmp_path / "out"))
+    assert [r["image_id"] for r in rows] == list(suites.SET5)
+    assert all(r["uri"] == str(data / "set5_x4" / f"{r['image_id']}_GT.png") for r in rows)
+    assert {(r["task"], r["degradation"], r["preset"], r["suite"], r["paper_psnr"]) for r in rows} == {
+        ("sr", "downsample:4", "sr-x4", "set5-x4", 29.90)}
+    assert all(json.loads(r["params"]) == {"tv_baseline": True} for r in rows)
+    assert all(r["reference_uri"] is None and r["mask_uri"] is None for r in rows)
+    assert not (tmp_path / "out").exists()  # no crop: the originals are used, nothing is written
+    off = evaluate.build_rows("set5-x4", str(data), str(tmp_path / "out"), tv_baseline=False, preset="cpu-small")
+    assert all(r["params"] is None and r["preset"] == "cpu-small" for r in off)
+
+
+def test_denoise_rows_pair_the_noisy_inputs_with_their_ground_truths(tmp_path):
+    data = fake_data(tmp_path / "data")
+    rows = evaluate.build_rows("denoise-color-25", str(data), str(tmp_path / "out"))
+    assert len(rows) == 9
+    f16 = rows[0]
+    assert f16["image_id"] == "F16" and f16["uri"].endswith("denoise_color_sigma25/F16_noisy.png")
+    assert f16["reference_uri"].endswith("denoise_color_sigma25/F16_GT.png")
+    assert (f16["task"], f16["degradation"], f16["preset"], f16["paper_psnr"], f16["params"]) == (
+        "denoise", None, "denoise", 30.43, None)
+    with_tv = evaluate.build_rows("denoise-color-25", str(data), str(tmp_path / "out"), tv_baseline=True)
+    assert json.loads(with_tv[0]["params"]) == {"tv_baseline": True}
+
+
+def test_inpaint_rows_use_the_image_as_reference_and_their_paper_presets(tmp_path):
+    data = fake_data(tmp_path / "data")
+    rows = evaluate.build_rows("inpaint-samples", str(data), str(tmp_path / "out"))
+    assert {r["image_id"]: r["preset"] for r in rows} == {
+        "kate": "inpaint-text", "library": "inpaint-text", "vase": "inpaint-holes"}
+    for r in rows:
+        assert r["task"] == "inpaint" and r["uri"] == r["reference_uri"] and r["paper_psnr"] is None
+        assert r["mask_uri"].endswith(f"inpainting/{r['image_id']}_mask.png")
+
+
+def test_limit_keeps_the_first_images_and_crop_writes_centre_crops(tmp_path):
+    data = fake_data(tmp_path / "data", width=70, height=52)
+    out = tmp_path / "out"
+    rows = evaluate.build_rows("inpaint-samples", str(data), str(out), limit=2, crop=32)
+    assert [r["image_id"] for r in rows] == ["kate", "library"]
+    for r in rows:
+        for column in ("uri", "reference_uri", "mask_uri"):
+            assert r[column].startswith(str(out / "crops" / "inpaint-samples")), r[column]
+            assert Image.open(r[column]).size == (32, 32)
+        original = np.asarray(Image.open(data / "samples" / "inpainting" / f"{r['image_id']}_mask.png"))
+        left, top = (70 - 32) // 2, (52 - 32) // 2  # the same centre box for the image and its mask
+        assert np.array_equal(np.asarray(Image.open(r["mask_uri"])), original[top:top + 32, left:left + 32])
+        assert Image.open(r["mask_uri"]).mode == "L"
+    denoise = evaluate.build_rows("denoise-color-25", str(data), str(out), limit=1, crop=48)
+    assert Image.open(denoise[0]["uri"]).size == Image.open(denoise[0]["reference_uri"]).size == (48, 48)
+    assert denoise[0]["uri"] != denoise[0]["reference_uri"]
+
+
+def test_bad_arguments_are_refused_naming_the_value(tmp_path):
+    data = str(fake_data(tmp_path / "data", width=40, height=36))
+    out = str(tmp_path / "out")
+    with pytest.raises(ValueError, match="multiple of 4, got 30"):
+        evaluate.build_rows("set5-x4", data, out, crop=30)
+    with pytest.raises(ValueError, match=r"baby_GT.png is 40x36, smaller than the crop 48x48"):
+        evaluate.build_rows("set5-x4", data, out, crop=48)
+    with pytest.raises(ValueError, match="unknown suite 'set14'"):
+        evaluate.build_rows("set14", data, out)
+    with pytest.raises(ValueError, match="needs a degradation"):
+        evaluate.build_rows("folder", data, out)
+    with pytest.raises(ValueError, match="--degradation 'noise:50' is for 'folder'"):
+        evaluate.build_rows("set5-x4", data, out, degradation="noise:50")
+    with pytest.raises(ValueError, match="blur"):
+        evaluate.build_rows("folder", data, out, degradation="blur:3")
+    with pytest.raises(ValueError, match="limit must be >= 1"):
+        evaluate.build_rows("set5-x4", data, out, limit=0)
+    (tmp_path / "data" / "set5_x4" / "bird_GT.png").unlink()
+    with pytest.raises(FileNotFoundError, match="bird_GT.png is missing"):
+        evaluate.build_rows("set5-x4", data, out)
+
+
+def test_folder_suite_lists_the_images_under_a_prefix(tmp_path):
+    write_png(tmp_path / "scans" / "a.png", 20, 16, 1)
+    write_png(tmp_path / "scans" / "box 2" / "b.jpg", 20, 16, 2)
+    (tmp_path / "scans" / "notes.txt").write_text("not an image")
+    rows = evaluate.build_rows("folder", str(tmp_path / "scans"), str(tmp_path / "out"), degradation="noise:25")
+    assert [r["uri"] for r in rows] == [str(tmp_path / "scans" / "a.png"), str(tmp_path / "scans" / "box 2" / "b.jpg")]
+    assert rows[0]["image_id"] == "a.png" and re.fullmatch(r"box_2__b\.jpg-[0-9a-f]{8}", rows[1]["image_id"])
+    assert {(r["degradation"], r["suite"], r["paper_psnr"], r["preset"]) for r in rows} == {
+        ("noise:25", "folder", None, None)}
+    cropped = evaluate.build_rows("folder", str(tmp_path / "scans"), str(tmp_path / "out"), degradation="noise:25",
+                                  crop=12)
+    assert all(Image.open(r["uri"]).size == (12, 12) for r in cropped)
+
+
+def test_the_manifest_passes_the_batch_jobs_checks_and_carries_suite_columns(tmp_path):
+    data = fake_data(tmp_path / "data")
+    out = str(tmp_path / "out")
+    rows = [*evaluate.build_rows("set5-x4", str(data), out, limit=1),
+            *evaluate.build_rows("inpaint-samples", str(data), out, limit=1)]
+    url = evaluate.write_manifest(rows, out)
+    assert url == str(tmp_path / "out" / "evaluation_manifest.parquet")
+    assert pq.read_table(url).column_names == list(evaluate.COLUMNS)
+    jobs = {job.image_id: job for job in manifest.plan(url, Options(preset="cpu-small"))}
+    baby, kate = jobs["baby"], jobs["kate"]
+    assert (baby.options.task, baby.options.scale, baby.options.preset, baby.options.tv_baseline) == (
+        "sr", 4, "sr-x4", True)
+    assert baby.extra == {"suite": "set5-x4", "paper_psnr": 29.90}
+    assert (kate.options.task, kate.options.preset, kate.mask_uri is not None) == ("inpaint", "inpaint-text", True)
+
+
+def test_suites_read_and_crop_on_s3(s3_server, s3_bucket, tmp_path):
+    data = fake_data(tmp_path / "data")
+    options = s3_server.storage_options
+    for path in sorted((data / "denoise_color_sigma25").glob("F16_*.png")):
+        storage.write_bytes(f"{s3_bucket}/data/denoise_color_sigma25/{path.name}", path.read_bytes(), options)
+    rows = evaluate.build_rows("denoise-color-25", f"{s3_bucket}/data", f"{s3_bucket}/out", limit=1, crop=16,
+                               storage_options=options)
+    assert rows[0]["uri"] == f"{s3_bucket}/out/crops/denoise-color-25/F16_noisy.png"
+    assert Image.open(io.BytesIO(storage.read_bytes(rows[0]["reference_uri"], options))).size == (16, 16)
+    url = evaluate.write_manifest(rows, f"{s3_bucket}/out", options)
+    assert [job.image_id for job in manifest.plan(url, Options(), storage_options=options)] == ["F16"]
+
+
+def test_evaluate_refuses_bad_arguments_before_starting(tmp_path):
+    outcome = CliRunner().invoke(main, ["evaluate", "folder", "--data", str(tmp_path), "--output",
+                                        str(tmp_path / "out"), "--device", "cpu"])
+    assert outcome.exit_code == EXIT_NOT_STARTED
+    assert "needs a degradation" in outcome.output
+    outcome = CliRunner().invoke(main, ["evaluate", "set5-x4", "--data", str(tmp_path / "nothing"), "--output",
+                                        str(tmp_path / "out")])
+    assert outcome.exit_code == EXIT_NOT_STARTED and "baby_GT.png is missing" in outcome.output
+
+
+def test_paper_tables_script_imports_only_the_core():
+    code = ("import sys; sys.argv = ['x']; import runpy; "
+            "runpy.run_path('benchmarks/paper_tables.py', run_name='probe');"
+            "print(sorted(m for m in ('ray', 'fsspec', 'click', 'pyarrow', 's3fs', 'rich', 'matplotlib')"
+            " if m in sys.modules))")
+    found = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert found.stdout.strip() == "[]", found.stdout + found.stderr
+
+
+def load_paper_tables():
+    spec = importlib.util.spec_from_file_location("paper_tables", ROOT / "benchmarks" / "paper_tables.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_paper_tables_runs_the_paper_presets_on_the_core(tmp_path):
+    paper_tables = load_paper_tables()
+    data = fake_data(tmp_path / "data", width=36, height=28)
+    out = paper_tables.main(["--data", str(data), "--device", "cpu", "--limit", "1", "--iterations", "2",
+                             "--out", str(tmp_path / "tables.json")])
+    report = json.loads(out.read_text())
+    assert report["device"] == "cpu" and report["stopped"] is None and report["not_run"] == []
+    baby, f16 = report["images"]
+    assert (baby["suite"], baby["image"], baby["iterations"], baby["preset"]) == ("set5-x4", "baby", 2, "sr-x4")
+    assert (baby["width"], baby["height"]) == (36, 28) and baby["psnr_y_tv"] is not None
+    assert (f16["image"], f16["preset"], f16["psnr_tv"]) == ("F16", "denoise", None)  # no TV figure for denoising
+    set5 = report["suites"]["set5-x4"]
+    assert set5["complete"] and set5["vs_paper"]["bicubic"] == {
+        "paper": 28.43, "ours": round(baby["psnr_y_baseline"], 3), "metric": "psnr_y_baseline",
+        "difference": round(round(baby["psnr_y_baseline"], 3) - 28.43, 3)}
+    assert paper_tables.slug("NVIDIA H100 80GB HBM3") == "nvidia-h100-80gb-hbm3"
+
+
+def test_paper_tables_records_what_its_time_budget_left_out(tmp_path):
+    paper_tables = load_paper_tables()
+    data = fake_data(tmp_path / "data", width=36, height=28)
+    out = paper_tables.main(["--data", str(data), "--device", "cpu", "--limit", "2", "--time-budget", "0",
+                             "--out", str(tmp_path / "none.json")])
+    report = json.loads(out.read_text())
+    assert report["images"] == [] and report["stopped"].startswith("time budget")
+    assert report["not_run"] == ["set5-x4/baby", "set5-x4/bird", "denoise-color-25/F16", "denoise-color-25/baboon"]
+
+
+def evaluate_and_report(args: list[str], output: Path):
+    outcome = CliRunner().invoke(main, ["evaluate", *args, "--output", str(output), "--preset", "cpu-small",
+                                        "--device", "cpu", "--quiet", "--data", str(SHARED)], catch_exceptions=False)
+    assert outcome.exit_code == EXIT_OK, outcome.output
+    report = CliRunner().invoke(main, ["report", str(output)], catch_exceptions=False)
+    assert report.exit_code == 0, report.output
+    rows = {r["image_id"]: r for r in results.read_table(str(output)).to_pylist()}
+    summary = list(csv.DictReader(io.StringIO((output / "summary.csv").read_text())))
+    return rows, summary, (output / "report.html").read_text(), report.output
+
+
+@needs_shared_data
+def test_denoise_suite_end_to_end_beats_the_noisy_input(ray_local, tmp_path):
+    # Measured (2 CPUs, cpu-small, 400 iterations, 48x48 centre crops): F16 29.5 dB vs 20.3 noisy (+9.2),
+    # baboon 26.4 vs 20.7 (+5.7). A broken fit stays near or below the input.
+    rows, summary, page, printed = evaluate_and_report(
+        ["denoise-color-25", "--limit", "2", "--crop", "48", "--iterations", "400"], tmp_path / "eval")
+    assert set(rows) == {"F16", "baboon"}
+    for row in rows.values():
+        assert row["status"] == "ok" and row["suite"] == "denoise-color-25" and row["paper_psnr"] == 30.43
+        assert row["psnr"] > row["psnr_input"] + 3, row
+        assert row["psnr_baseline"] == pytest.approx(row["psnr_input"])  # the noisy input is the baseline
+        assert Image.open(row["output_uri"]).size == (48, 48)
+    assert [(s["suite"], s["task"], s["images"], s["ok"], s["failed"]) for s in summary] == [
+        ("denoise-color-25", "denoise", "2", "2", "0")]
+    mean = np.mean([r["psnr"] for r in rows.values()])
+    assert float(summary[0]["psnr_mean"]) == pytest.approx(mean, abs=1e-3)
+    assert float(summary[0]["paper_delta"]) == pytest.approx(mean - 30.43, abs=1e-3)
+    assert float(summary[0]["cpu_seconds"]) > 0 and float(summary[0]["gpu_seconds"]) == 0
+    assert (tmp_path / "eval" / "summary.md").exists() and "denoise-color-25" in printed
+    images = re.findall(r"<img [^>]*src='([^']*)'", page)
+    assert len(images) == 2 * 3 + 2  # two strips (degraded, restored, reference), curves, histogram
+    assert all(src.startswith("data:image/png;base64,") for src in images)
+
+
+@needs_shared_data
+def test_set5_suite_end_to_end_scores_the_y_channel_with_both_baselines(ray_local, tmp_path):
+    # Measured (cpu-small, 400 iterations, baby's 64x64 centre): DIP 35.7 dB, bicubic 34.8, TV 38.1 (PSNR-Y).
+    rows, summary, page, _ = evaluate_and_report(["set5-x4", "--limit", "1", "--crop", "64", "--iterations", "400"],
+                                                 tmp_path / "eval")
+    baby = rows["baby"]
+    assert baby["status"] == "ok" and baby["task"] == "sr" and baby["paper_psnr"] == 29.90
+    assert baby["psnr_y_tv"] is not None and baby["psnr_y_baseline"] is not None
+    assert 25 < baby["psnr_y"] < 50 and baby["psnr_y"] > baby["psnr_y_baseline"] - 3, baby
+    assert Image.open(baby["output_uri"]).size == (64, 64)
+    assert summary[0]["paper_metric"] == "psnr_y"
+    assert float(summary[0]["paper_delta"]) == pytest.approx(baby["psnr_y"] - 29.90, abs=1e-3)
+    assert float(summary[0]["psnr_y_tv_mean"]) == pytest.approx(baby["psnr_y_tv"], abs=1e-3)
+    assert page.count("data:image/png;base64,") == 3 + 2

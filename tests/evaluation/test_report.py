@@ -1,0 +1,201 @@
+"""dip report on a hand-made results table (no Ray): latest attempts, the summary, the files, the HTML page
+(and the page in headless Chromium, where it is installed)."""
+
+import base64
+import csv
+import datetime as dt
+import io
+import json
+import math
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from pipeline.batch import results
+from pipeline.batch.job import RunConfig, write_plan
+from pipeline.cli.main import main
+from pipeline.core.options import Options
+from pipeline.evaluation import evaluate
+from pipeline.evaluation import summary as summaries
+
+T0 = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+
+
+def gradient_png(path: Path, width: int, height: int, seed: int, mode: str = "RGB") -> None:
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width]
+    image = np.stack([xx * 255 / width, yy * 255 / height, 128 + 0 * xx], -1) + rng.normal(0, 8, (height, width, 3))
+    image = np.clip(image, 0, 255).astype(np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(image if mode == "RGB" else (image[..., 0] > 100).astype(np.uint8) * 255).save(path)
+
+
+def history(final: float) -> str:
+    return json.dumps([{"iteration": i, "loss": 0.01 / i, "psnr_observation": final - 3 + i / 100,
+                        "psnr_reference": final - 2 + i / 150, "seconds": i / 10} for i in (100, 200, 300)])
+
+
+def fake_run(root: Path) -> str:
+    """A run as the batch job leaves it: a plan, restored PNGs and result rows, made by hand.
+
+    a: denoise (noise:25), on a GPU; an error at attempt 1, ok at attempt 2.
+    b: x4 super-resolution (downsample:4), on the CPU, with the TV baseline.
+    kate: inpainting with a mask; its input is its reference (psnr_input is infinite).
+    broken: an error row.
+    """
+    data, out = root / "data", root / "out"
+    gradient_png(data / "a.png", 40, 32, 1)
+    gradient_png(data / "b.png", 48, 40, 2)
+    gradient_png(data / "kate.png", 36, 36, 3)
+    gradient_png(data / "kate_mask.png", 36, 36, 4, mode="L")
+    rows = [
+        {"image_id": "a", "uri": str(data / "a.png"), "degradation": "noise:25", "suite": "denoise-color-25",
+         "paper_psnr": 30.43},
+        {"image_id": "b", "uri": str(data / "b.png"), "degradation": "downsample:4", "suite": "set5-x4",
+         "paper_psnr": 29.90, "params": json.dumps({"tv_baseline": True})},
+        {"image_id": "kate", "uri": str(data / "kate.png"), "task": "inpaint", "mask_uri": str(data / "kate_mask.png"),
+         "reference_uri": str(data / "kate.png"), "suite": "inpaint-samples"},
+        {"image_id": "broken", "uri": str(data / "missing.png"), "degradation": "noise:25", "suite": "denoise-color-25",
+         "paper_psnr": 30.43},
+    ]
+    manifest = evaluate.write_manifest(rows, str(out))
+    plan, _ = write_plan(RunConfig(manifest=manifest, output=str(out), defaults=Options(preset="cpu-small")), "run1")
+    jobs = {j["image_id"]: j for j in pq.read_table(plan).to_pylist()}
+    figures = {
+        "a": dict(psnr=28.0, ssim=0.80, psnr_input=20.0, psnr_baseline=20.0, device="cuda:0", seconds=10.0),
+        "b": dict(psnr=30.0, psnr_y=31.0, ssim=0.90, psnr_baseline=29.0, psnr_y_baseline=30.0, psnr_tv=29.5,
+                  psnr_y_tv=30.4, device="cpu", seconds=5.0),
+        "kate": dict(psnr=33.0, ssim=0.95, psnr_input=math.inf, psnr_baseline=math.inf, device="cpu", seconds=7.0),
+    }
+    for image_id, job in jobs.items():
+        options = json.loads(job["options"])
+        base = {"image_id": image_id, "uri": job["uri"], "task": options["task"], "preset": "cpu-small",
+                "config_hash": job["config_hash"], "seed": options["seed"], "run_id": "run1", "started_at": T0}
+        extra = json.loads(job["extra"])
+        if image_id in figures:
+            source = job["reference_uri"] or job["uri"]
+            restored = out / "restored" / f"{image_id}.png"
+            restored.parent.mkdir(parents=True, exist_ok=True)
+            with Image.open(source) as image:  # the "restored" image: the clean one, cut like the reference
+                w, h = image.size
+                image.crop((0, 0, w // 4 * 4, h // 4 * 4) if image_id == "b" else (0, 0, w, h)).save(restored)
+            if image_id == "a":
+                results.write_row(str(out), {**base, "status": "error", "error": "FitDiverged: loss became nan",
+                                             "attempt": 1, "finished_at": T0, "device": "cuda:0", "seconds": 1.0},
+                                  extra)
+            results.write_row(str(out), {**base, **figures[image_id], "status": "ok", "attempt": 2 if image_id == "a"
+                                         else 1, "output_uri": str(restored), "iterations": 300,
+                                         "history": history(figures[image_id]["psnr"]),
+                                         "finished_at": T0 + dt.timedelta(minutes=1)}, extra)
+        else:
+            results.write_row(str(out), {**base, "status": "error", "attempt": 1, "finished_at": T0, "device": "cpu",
+                                         "seconds": 0.5, "error": f"FileNotFoundError: read {job['uri']}: no such "
+                                         "bucket or object <&>"}, extra)
+    return str(out)
+
+
+@pytest.fixture
+def run_output(tmp_path):
+    return fake_run(tmp_path)
+
+
+def test_latest_rows_keep_the_latest_finish_then_the_highest_attempt():
+    table = pa.Table.from_pylist([
+        {"image_id": "x", "attempt": 2, "finished_at": T0, "status": "error"},
+        {"image_id": "x", "attempt": 3, "finished_at": T0, "status": "ok"},
+        {"image_id": "x", "attempt": 1, "finished_at": T0 - dt.timedelta(days=1), "status": "error"},
+        {"image_id": "y", "attempt": 1, "finished_at": T0 + dt.timedelta(seconds=5), "status": "ok"},
+        {"image_id": "y", "attempt": 1, "finished_at": T0, "status": "error"},
+    ])
+    latest = {r["image_id"]: r for r in summaries.latest_rows(table)}
+    assert (latest["x"]["attempt"], latest["x"]["status"]) == (3, "ok")  # same finish: the higher attempt
+    assert latest["y"]["status"] == "ok"
+
+
+def test_summary_per_suite_and_task(run_output):
+    rows = summaries.latest_rows(results.read_table(run_output))
+    assert [r["image_id"] for r in rows] == ["a", "broken", "kate", "b"]  # sorted by suite, then id
+    summary = {(s["suite"], s["task"]): s for s in summaries.summarize(rows)}
+    assert list(summary) == [("denoise-color-25", "denoise"), ("inpaint-samples", "inpaint"), ("set5-x4", "sr")]
+    denoise, inpaint, sr = summary.values()
+    assert (denoise["images"], denoise["ok"], denoise["failed"]) == (2, 1, 1)
+    assert denoise["psnr_mean"] == denoise["psnr_median"] == 28.0 and denoise["psnr_input_mean"] == 20.0
+    assert denoise["paper_metric"] == "psnr" and denoise["paper_delta"] == pytest.approx(28.0 - 30.43)
+    assert denoise["gpu_seconds"] == 10.0 and denoise["cpu_seconds"] == 0.5
+    assert sr["paper_metric"] == "psnr_y" and sr["paper_delta"] == pytest.approx(31.0 - 29.90)
+    assert (sr["psnr_y_mean"], sr["psnr_y_baseline_mean"], sr["psnr_y_tv_mean"], sr["psnr_tv_mean"]) == (
+        31.0, 30.0, 30.4, 29.5)
+    assert sr["cpu_seconds"] == 5.0 and sr["gpu_seconds"] == 0
+    assert inpaint["psnr_mean"] == 33.0 and inpaint["psnr_input_mean"] is None  # infinite: left out
+    assert inpaint["paper_psnr"] is None and inpaint["paper_delta"] is None
+
+
+def test_report_writes_csv_markdown_and_a_self_contained_page(run_output):
+    outcome = CliRunner().invoke(main, ["report", run_output])
+    assert outcome.exit_code == 0, outcome.output
+    assert "denoise-color-25" in outcome.output and "FitDiverged" not in outcome.output  # a later attempt is ok
+    out = Path(run_output)
+    summary = list(csv.DictReader(io.StringIO((out / "summary.csv").read_text())))
+    assert list(summary[0]) == list(summaries.SUMMARY_COLUMNS)
+    assert [(s["suite"], s["task"], s["ok"], s["failed"]) for s in summary] == [
+        ("denoise-color-25", "denoise", "1", "1"), ("inpaint-samples", "inpaint", "1", "0"),
+        ("set5-x4", "sr", "1", "0")]
+    markdown = (out / "summary.md").read_text()
+    assert "| denoise-color-25 | denoise | 1 | 1 | 28.00 |" in markdown and "## Failures (1)" in markdown
+    assert "dip 29.90, bicubic 28.43, tv 28.86" in markdown
+
+    page = (out / "report.html").read_text()
+    sources = re.findall(r"<img [^>]*src='([^']*)'", page)
+    assert len(sources) == 3 * 3 + 3 + 1  # three strips, a curve per suite, the histogram
+    assert all(s.startswith("data:image/png;base64,") for s in sources)
+    assert not re.search(r"""(src|href)=['"]?(https?:|file:|/)""", page)  # nothing outside the page
+    assert "no such bucket or object &lt;&amp;&gt;" in page  # the failure, escaped
+    decoded = [Image.open(io.BytesIO(base64.b64decode(s.split(",", 1)[1]))) for s in sources]
+    strip_b = decoded[-3:]  # set5-x4 sorts last: its degraded input is the 12x10 low-res image, enlarged
+    assert [im.size for im in strip_b] == [(192, 160), (192, 160), (192, 160)]
+    assert len(strip_b[0].getcolors(2**16)) < len(strip_b[2].getcolors(2**16))  # blocky: fewer colours
+
+
+def test_report_of_an_empty_prefix_fails_naming_it(tmp_path):
+    outcome = CliRunner().invoke(main, ["report", str(tmp_path / "nothing")])
+    assert outcome.exit_code == 1 and "no results under" in outcome.output
+
+
+def chromium_binary() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(chromium_binary() is None,
+                    reason="chromium is not installed (Debian: apt-get install -y chromium chromium-driver)")
+def test_report_page_renders_in_headless_chromium(run_output, tmp_path):
+    assert CliRunner().invoke(main, ["report", run_output]).exit_code == 0
+    page = Path(run_output) / "report.html"
+    flags = [chromium_binary(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+             "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+    # 1. Every <img> decoded: the page's own script counts them on load.
+    dom = subprocess.run([*flags, f"--user-data-dir={tmp_path / 'profile-dom'}", "--dump-dom", page.as_uri()],
+                         capture_output=True, text=True, timeout=120, check=False).stdout
+    body = re.search(r"<body[^>]*>", dom)
+    assert body, dom[:2000]
+    loaded = re.search(r'data-images-loaded="(\d+)"', body.group(0))
+    total = re.search(r'data-images-total="(\d+)"', body.group(0))
+    assert loaded and total, body.group(0)
+    assert int(loaded.group(1)) == int(total.group(1)) == page.read_text().count("<img ") == 13
+
+    # 2. A screenshot that is not blank.
+    shot = tmp_path / "report.png"
+    subprocess.run([*flags, f"--user-data-dir={tmp_path / 'profile-shot'}", f"--screenshot={shot}",
+                    "--window-size=1200,2000", page.as_uri()], capture_output=True, timeout=120, check=False)
+    assert shot.exists(), "chromium wrote no screenshot"
+    image = Image.open(shot).convert("RGB")
+    assert image.size == (1200, 2000)
+    assert len(image.getcolors(2**24)) > 100  # plots and thumbnails, not one colour
