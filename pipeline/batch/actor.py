@@ -35,11 +35,12 @@ class _Item:
 class FitActor:
     """A Ray Data actor: restores the planned images of one batch and writes their outputs."""
 
-    def __init__(self, output: str, run_id: str, storage_options: dict, max_pixels: int, threads: int):
+    def __init__(self, output: str, run_id: str, storage_options: dict, max_pixels: int, threads: int,
+                 output_format: str = "same"):
         import torch
 
         torch.set_num_threads(max(1, threads))
-        self.output, self.run_id = output, run_id
+        self.output, self.run_id, self.output_format = output, run_id, output_format
         self.storage_options, self.max_pixels = storage_options, max_pixels
 
     def __call__(self, batch: dict) -> dict:
@@ -107,16 +108,20 @@ class FitActor:
             self.write(item, restored=restored)
 
     def write(self, item: _Item, *, restored=None, error: BaseException | None = None, packed: int = 1) -> None:
-        """The image's PNG (when restored) and its result row (``packed``: images in its fit)."""
+        """The restored image (PNG or TIFF, ``output_format``; with its metadata and provenance) and
+        its result row (``packed``: images in its fit)."""
         row, job = item.row, item.job
         if restored is not None:
             try:
-                png_url = storage.join(self.output, "restored", f"{storage.safe_key(job.image_id)}.png")
-                storage.write_bytes(png_url, _encode(restored.picture), self.storage_options)
+                from ..core.formats import SUFFIX, batch_format
+
+                fmt = batch_format(self.output_format, restored.picture.metadata.format)
+                url = storage.join(self.output, "restored", f"{storage.safe_key(job.image_id)}{SUFFIX[fmt]}")
+                storage.write_bytes(url, _encode(restored, fmt, item), self.storage_options)
                 summary = restored.summary()
                 row.update({k: summary[k] for k in (*restored.metrics, "iterations", "best_iteration",
                                                     "stopped_early", "backtracks", "seconds")})
-                row.update(status="ok", output_uri=png_url, history=json.dumps(restored.fit.history), packed=packed)
+                row.update(status="ok", output_uri=url, history=json.dumps(restored.fit.history), packed=packed)
             except Exception as failure:  # noqa: BLE001  (a failed write is an error row, not a lost batch)
                 error = failure
         if error is not None:
@@ -132,10 +137,14 @@ class FitActor:
                 "psnr": row.get("psnr"), "seconds": float(row["seconds"]), "device": row["device"]}
 
 
-def _encode(picture) -> bytes:
-    from ..core.images import encode_png
+def _encode(restored, fmt: str, item: _Item) -> bytes:
+    """The restored picture's bytes, with the provenance of its result row."""
+    from ..core.images import encode
+    from ..core.metadata import provenance
 
-    return encode_png(picture)
+    record = provenance(task=item.options.task, preset=restored.preset.name, iterations=restored.fit.iterations,
+                        seed=item.options.seed, config_hash=item.job.config_hash)
+    return encode(restored.picture, fmt, record)
 
 
 def _describe(error: BaseException) -> str:

@@ -41,6 +41,7 @@ class RunConfig:
     max_workers: int | None = None  # actors at most (None: as many as the resources allow)
     force: bool = False  # redo images that already have an ok result
     max_pixels: int = DEFAULT_MAX_PIXELS
+    output_format: str = "same"  # restored files: png, tiff, or same (TIFF for a TIFF input, else PNG)
     run_id: str | None = None
 
     def public(self) -> dict:
@@ -167,7 +168,8 @@ def run(config: RunConfig, on_result: Callable[[dict], None] | None = None,
         fitted = dataset.map_batches(
             FitActor,
             fn_constructor_kwargs=dict(output=config.output, run_id=run_id, storage_options=config.storage_options,
-                                       max_pixels=config.max_pixels, threads=config.cpus_per_fit),
+                                       max_pixels=config.max_pixels, threads=config.cpus_per_fit,
+                                       output_format=config.output_format),
             batch_size=config.pack,
             compute=ray.data.ActorPoolStrategy(min_size=1, max_size=config.max_workers or max(1, todo)),
             num_cpus=config.cpus_per_fit,

@@ -3,6 +3,7 @@ or matplotlib): each command imports what it needs when it runs, so ``dip --help
 <command> --help``, ``dip status`` and ``dip logs`` start fast.
 
     restore            one image (pipeline.cli.restore)
+    inspect            a file's metadata and provenance (pipeline.cli.inspect)
     run, demo, manifest   the batch job on Ray (pipeline.cli.run)
     submit, status, logs  the batch job as a Ray Job on a cluster (pipeline.cli.submit)
     evaluate, report   the paper's benchmarks through the batch job, and their report (pipeline.cli.evaluate)
@@ -14,7 +15,7 @@ import sys
 
 import click
 
-from . import evaluate, restore, run, submit
+from . import evaluate, inspect, restore, run, submit
 
 
 @click.group()
@@ -23,8 +24,8 @@ def main():
     """Deep Image Prior restoration: one image, a batch on Ray, evaluations and reports."""
 
 
-for command in (restore.restore, run.run, run.demo, run.manifest, submit.submit, submit.status, submit.logs,
-                evaluate.evaluate, evaluate.report):
+for command in (restore.restore, inspect.inspect, run.run, run.demo, run.manifest, submit.submit, submit.status,
+                submit.logs, evaluate.evaluate, evaluate.report):
     main.add_command(command)
 
 

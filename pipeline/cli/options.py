@@ -100,6 +100,10 @@ def batch_options(exclude: Iterable[str] = ()) -> Callable:
         "max_workers": click.option("--workers", "max_workers", type=click.IntRange(1), help="Fits at once, at most."),
         "force": click.option("--force", is_flag=True, help="Redo images that already have an ok result."),
         "max_pixels": max_pixels_option,
+        "output_format": click.option(
+            "--output-format", type=click.Choice(["png", "tiff", "same"]), default="same", show_default=True,
+            help="Restored files as PNG or TIFF (Deflate); same: TIFF for a TIFF input, PNG otherwise. 16-bit, "
+                 "alpha, ICC profile and metadata kept either way."),
         "storage_options": storage_options_option,
         "run_id": click.option("--run-id", help="Default: a new UTC timestamp id."),
     }

@@ -21,7 +21,8 @@ def configure_threads() -> None:
 
 @click.command()
 @click.argument("input_url", metavar="INPUT")
-@output_option("Where to write the restored PNG (path or URL).", required=True)
+@output_option("Where to write the restored image (path or URL): .png or .tif/.tiff (16-bit and alpha kept).",
+               required=True)
 @fit_options()
 @click.option("--mask", help="Inpainting mask (white = known pixel).")
 @click.option("--reference", help="Clean image, for PSNR/SSIM only.")
@@ -33,16 +34,23 @@ def configure_threads() -> None:
 @storage_options_option
 @click.option("--json", "as_json", is_flag=True, help="Print metrics and timings as one JSON object.")
 def restore(input_url, output, mask, reference, guide, degradation, max_pixels, storage_options, as_json, **fit):
-    """Restore one image INPUT (path or URL) and write a PNG to OUTPUT."""
+    """Restore one image INPUT (path or URL) and write it to OUTPUT (PNG or TIFF, from its name),
+    with INPUT's bit depth, alpha, ICC profile and metadata, and the provenance of the fit."""
     from .. import storage
     from ..batch.inputs import load_inputs
     from ..core.fit import FitDiverged, FitTimeout
-    from ..core.images import ImageError, encode_png
+    from ..core.formats import output_format
+    from ..core.images import ImageError, encode
     from ..core.memory import FitTooLarge
+    from ..core.metadata import provenance
     from ..core.options import Options
     from ..core.restore import resolve_device
     from ..core.restore import restore as run_restore
 
+    try:
+        fmt = output_format(output)  # before any work: a fit is never lost to an unwritable name
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint="-o/--output") from None
     configure_threads()
     options_json = parse_json_object(storage_options, "--storage-options")
     try:
@@ -53,7 +61,9 @@ def restore(input_url, output, mask, reference, guide, degradation, max_pixels, 
             fit.update(task=inputs.task, scale=inputs.scale or fit["scale"])
         options = Options.from_dict({**{k: fit[k] for k in OPTION_NAMES}, "device": resolve_device(fit["device"])})
         result = run_restore(**inputs.restore_kwargs(), options=options)
-        storage.write_bytes(output, encode_png(result.picture), options_json)
+        record = provenance(task=options.task, preset=result.preset.name, iterations=result.fit.iterations,
+                            seed=options.seed)
+        storage.write_bytes(output, encode(result.picture, fmt, record), options_json)
     except (ImageError, ValueError, OSError, FitDiverged, FitTimeout, FitTooLarge) as error:
         raise click.ClickException(str(error)) from None
     summary = {**result.summary(), "input": input_url, "output": output, "device": options.device,

@@ -23,6 +23,7 @@ from .features import feature_extractor
 from .fit import FitResult, FitTimeout, fit, fit_many
 from .images import Picture
 from .memory import GiB, choose_tile, memory_budget, memory_needed
+from .metadata import Metadata
 from .metrics import score
 from .nets import build_net, grid_size, make_input
 from .operators import Denoise, FeatureInversion, Inpainting, JpegArtifacts, Operator, SuperResolution
@@ -151,7 +152,8 @@ def finish(job: Prepared, result: FitResult) -> Restoration:
             baselines["tv"] = tv_restore(job.operator.cpu().float(), y.cpu().float())
     metrics = score(options.task, result.image, ref, observed.pixels, baselines)
     picture = Picture(pixels=result.image, alpha=_resize_alpha(observed.alpha, job.height, job.width),
-                      bit_depth=observed.bit_depth)
+                      bit_depth=observed.bit_depth,
+                      metadata=_scaled_dpi(observed.metadata, job.height / observed.height))
     return Restoration(picture=picture, fit=result, preset=job.preset, metrics=metrics)
 
 
@@ -258,7 +260,8 @@ def restore_tiled(
         seconds=sum(f.seconds for f in fits),
         history=[],
     )
-    picture = Picture(pixels=image, alpha=_resize_alpha(observed.alpha, height, width), bit_depth=observed.bit_depth)
+    picture = Picture(pixels=image, alpha=_resize_alpha(observed.alpha, height, width), bit_depth=observed.bit_depth,
+                      metadata=_scaled_dpi(observed.metadata, s))
     return Restoration(picture=picture, fit=summed, preset=results[0].preset, metrics=metrics)
 
 
@@ -334,6 +337,13 @@ def _check_reference(reference: Picture | None, channels: int, height: int, widt
     if pixels.shape[1] != channels:
         pixels = pixels.mean(dim=1, keepdim=True) if channels == 1 else pixels.expand(-1, channels, -1, -1)
     return pixels
+
+
+def _scaled_dpi(metadata: Metadata, factor: float) -> Metadata:
+    """The metadata of an image ``factor`` times larger (super-resolution): the same print size."""
+    if factor == 1 or not metadata.dpi:
+        return metadata
+    return replace(metadata, dpi=(metadata.dpi[0] * factor, metadata.dpi[1] * factor))
 
 
 def _resize_alpha(alpha: Tensor | None, height: int, width: int) -> Tensor | None:

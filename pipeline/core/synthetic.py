@@ -38,7 +38,7 @@ def synthesize(clean: Picture, spec: str, seed: int) -> Synthetic:
         h, w = clean.height // s * s, clean.width // s * s
         if h == 0 or w == 0:
             raise ValueError(f"image {clean.width}x{clean.height} is smaller than the scale {s}")
-        crop = Picture(pixels=x[..., :h, :w], alpha=None, bit_depth=clean.bit_depth)
+        crop = Picture(pixels=x[..., :h, :w], alpha=None, bit_depth=clean.bit_depth, metadata=clean.metadata)
         low = SuperResolution(s, x.shape[1]).degrade(crop.pixels, generator)
         return Synthetic(_like(clean, low), crop, "sr", scale=s)
     mask = bernoulli_mask(clean.height, clean.width, value, generator)
@@ -47,4 +47,4 @@ def synthesize(clean: Picture, spec: str, seed: int) -> Synthetic:
 
 
 def _like(clean: Picture, pixels: Tensor) -> Picture:
-    return Picture(pixels=pixels, alpha=None, bit_depth=clean.bit_depth)
+    return Picture(pixels=pixels, alpha=None, bit_depth=clean.bit_depth, metadata=clean.metadata)
