@@ -26,6 +26,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from .formats import DEFAULT_MAX_PIXELS
 from .metadata import (
     DESCRIPTIVE_TAGS,
+    EXIF_IFD,
     ORIENTATION,
     PROVENANCE_KEY,
     SOFTWARE,
@@ -392,7 +393,7 @@ def encode_tiff(picture: Picture, provenance: dict | None = None) -> bytes:
     """Encode as a Deflate-compressed TIFF (tifffile): gray or RGB, with unassociated alpha, 8 or
     16 bits; the ICC profile, XMP, resolution (inch), the descriptive tags (Artist, Copyright,
     ImageDescription with the provenance as its last line, DateTime, Make, Model), Software ours,
-    orientation 1. The EXIF IFD is not written (tifffile writes none)."""
+    orientation 1, and the EXIF IFD (``_add_exif_ifd``: tifffile writes none)."""
     import tifffile
 
     array = _levels(picture, None, None)  # HxWxC
@@ -407,6 +408,13 @@ def encode_tiff(picture: Picture, provenance: dict | None = None) -> bytes:
     extratags.append((ORIENTATION, "H", 1, 1, True))
     if metadata.xmp:
         extratags.append((700, "B", len(metadata.xmp), metadata.xmp, True))
+    exif_ifd = {}
+    if metadata.exif:
+        block = Image.Exif()
+        block.load(metadata.exif)
+        exif_ifd = dict(block.get_ifd(EXIF_IFD))
+    if exif_ifd:
+        extratags.append((_EXIF_PLACEHOLDER, "I", 1, 0, True))
     buffer = io.BytesIO()
     tifffile.imwrite(
         buffer, array if channels > 1 else array[:, :, 0], photometric="rgb" if channels >= 3 else "minisblack",
@@ -414,7 +422,31 @@ def encode_tiff(picture: Picture, provenance: dict | None = None) -> bytes:
         compression="zlib", iccprofile=metadata.icc, resolution=metadata.dpi, resolutionunit="INCH" if metadata.dpi
         else None, software=_software(), description=description or None, datetime=text.get("DateTime"),
         metadata=None, extratags=extratags)
-    return buffer.getvalue()
+    return _add_exif_ifd(buffer.getvalue(), exif_ifd) if exif_ifd else buffer.getvalue()
+
+
+_EXIF_PLACEHOLDER = 34664  # an unused tag code just below ExifIFD (34665), so the entries stay sorted
+
+
+def _add_exif_ifd(data: bytes, tags: dict) -> bytes:
+    """``data`` (a classic TIFF written with the placeholder tag) with the EXIF IFD ``tags`` appended,
+    serialised by Pillow, and the placeholder turned into the ExifIFD tag pointing at it."""
+    import tifffile
+    from PIL import TiffImagePlugin
+
+    with tifffile.TiffFile(io.BytesIO(data)) as tif:
+        if tif.is_bigtiff:
+            return data  # 8-byte offsets: not patched here
+        byteorder, at = tif.byteorder, tif.pages[0].tags[_EXIF_PLACEHOLDER].valueoffset
+    out = bytearray(data + b"\x00" * (len(data) % 2))  # an IFD starts on a word boundary
+    ifd = TiffImagePlugin.ImageFileDirectory_v2(prefix=b"II" if byteorder == "<" else b"MM")
+    for tag, value in tags.items():
+        ifd[tag] = value
+    start = len(out)
+    out += ifd.tobytes(start)
+    out[at - 8:at - 6] = struct.pack(byteorder + "H", EXIF_IFD)  # the entry: code, type, count, value
+    out[at:at + 4] = struct.pack(byteorder + "I", start)
+    return bytes(out)
 
 
 def to_uint8(x: torch.Tensor) -> np.ndarray:

@@ -199,3 +199,19 @@ def test_report_page_renders_in_headless_chromium(run_output, tmp_path):
     image = Image.open(shot).convert("RGB")
     assert image.size == (1200, 2000)
     assert len(image.getcolors(2**24)) > 100  # plots and thumbnails, not one colour
+
+
+def test_thumbnails_of_16_bit_tiff_and_png_results():
+    import io
+
+    from PIL import Image
+
+    from pipeline.core.images import decode, encode
+    from pipeline.evaluation.html import thumbnail_png
+    from tests.core.test_archival import archival_tiff
+
+    picture = decode(archival_tiff(), name="scan.tif")
+    for fmt in ("tiff", "png"):
+        restored = decode(encode(picture, fmt), name=f"restored.{fmt}")
+        thumb = Image.open(io.BytesIO(thumbnail_png(restored.pixels)))
+        assert thumb.format == "PNG" and thumb.size[0] > 0 and thumb.mode in ("RGB", "L")
