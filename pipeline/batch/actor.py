@@ -120,7 +120,7 @@ class FitActor:
                 storage.write_bytes(url, _encode(restored, fmt, item), self.storage_options)
                 summary = restored.summary()
                 row.update({k: summary[k] for k in (*restored.metrics, "iterations", "best_iteration",
-                                                    "stopped_early", "backtracks", "seconds")})
+                                                    "stopped_early", "backtracks", "seconds", "stop_rule")})
                 row.update(status="ok", output_uri=url, history=json.dumps(restored.fit.history), packed=packed)
             except Exception as failure:  # noqa: BLE001  (a failed write is an error row, not a lost batch)
                 error = failure

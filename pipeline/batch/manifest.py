@@ -17,13 +17,14 @@ import json
 import math
 import re
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from functools import lru_cache
 
 import pyarrow as pa
 import pyarrow.dataset as pads
 
 from .. import storage
+from ..core.config import stable_dict
 from ..core.formats import IMAGE_SUFFIXES
 from ..core.operators import parse_degradation
 from ..core.options import Options
@@ -183,7 +184,7 @@ def resolve(row: dict, defaults: Options) -> Job:
         "uri": uri, "mask_uri": mask_uri, "reference_uri": row.get("reference_uri") or None,
         "guide_uri": row.get("guide_uri") or None, "degradation": degradation,
         # what determines the result: not where it runs, nor how long it may take
-        "options": {**options.to_dict(), "device": "", "time_limit_s": None}, "preset": preset_fingerprint(options),
+        "options": {**options.hash_dict(), "device": "", "time_limit_s": None}, "preset": preset_fingerprint(options),
     }
     return Job(image_id=image_id, uri=uri, options=options, mask_uri=mask_uri,
                reference_uri=fields["reference_uri"], guide_uri=fields["guide_uri"], degradation=degradation,
@@ -192,13 +193,15 @@ def resolve(row: dict, defaults: Options) -> Job:
 
 def preset_fingerprint(options: Options) -> str:
     """The resolved preset as JSON (cached: a manifest resolves a handful of distinct ones)."""
-    return _fingerprint(options.task, options.preset, options.scale, options.iterations, options.early_stop)
+    return _fingerprint(options.task, options.preset, options.scale, options.iterations, options.early_stop,
+                        options.stop_rule)
 
 
 @lru_cache(maxsize=1024)
 def _fingerprint(*key) -> str:
-    return json.dumps(asdict(Options(task=key[0], preset=key[1], scale=key[2]).resolve().with_overrides(
-        iterations=key[3], early_stop=key[4])), sort_keys=True)
+    preset = Options(task=key[0], preset=key[1], scale=key[2]).resolve().with_overrides(
+        iterations=key[3], early_stop=key[4], stop_rule=key[5])
+    return json.dumps(stable_dict(preset), sort_keys=True)
 
 
 def manifest_id(relative: str) -> str:

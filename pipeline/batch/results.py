@@ -21,7 +21,7 @@ COLUMNS = {
     "status": pa.string(), "error": pa.string(), "output_uri": pa.string(),
     "psnr": pa.float64(), "ssim": pa.float64(), "psnr_y": pa.float64(),
     "psnr_input": pa.float64(), "psnr_baseline": pa.float64(), "psnr_y_baseline": pa.float64(),
-    "psnr_tv": pa.float64(), "psnr_y_tv": pa.float64(),
+    "psnr_tv": pa.float64(), "psnr_y_tv": pa.float64(), "noise_sigma": pa.float64(), "stop_rule": pa.string(),
     "iterations": pa.int64(), "best_iteration": pa.int64(), "stopped_early": pa.bool_(),
     "backtracks": pa.int64(), "seconds": pa.float64(), "device": pa.string(), "packed": pa.int64(), "tiles": pa.int64(),
     "attempt": pa.int64(),

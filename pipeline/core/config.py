@@ -8,7 +8,7 @@ re-export the class each uses.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, fields, is_dataclass, replace
 
 KINDS = ("skip", "unet", "resnet")
 UPSAMPLE_MODES = ("bilinear", "nearest")
@@ -99,15 +99,23 @@ NET_VARIANTS: dict[str, NetConfig] = {
 
 @dataclass(frozen=True)
 class EarlyStopConfig:
-    """The ES-WMV detector (``pipeline.core.early_stop``): window and patience in iterations."""
+    """Early stopping without ground truth (``pipeline.core.early_stop``): ``rule`` "wmv" is the
+    moving-variance detector (window and patience in iterations); "discrepancy" stops an image once
+    the residual ‖A(x) − y‖² / size of its output falls to (margin · σ)², σ its noise level."""
 
     window: int = 100  # W: outputs in the moving window
     patience: int = 1000  # P: iterations without a new variance minimum before stopping
     start: int = 0  # minima before this iteration do not count
     tolerance: float = 0.0  # a minimum restarts the patience only if this fraction below the last that did
     dry_run: bool = False  # detect and keep the output at the minimum, but run the whole budget (to measure)
+    rule: str = "wmv"  # "wmv": ES-WMV; "discrepancy": the residual reaches the noise floor
+    margin: float = 1.0  # discrepancy: stop once the residual RMS is at most margin * sigma
 
     def __post_init__(self):
+        if self.rule not in ("wmv", "discrepancy"):
+            raise ValueError(f"early-stop rule must be 'wmv' or 'discrepancy', got {self.rule!r}")
+        if not self.margin > 0:
+            raise ValueError(f"early-stop margin must be > 0, got {self.margin!r}")
         if self.window < 2:
             raise ValueError(f"early-stop window must be >= 2, got {self.window!r}")
         if self.patience < 1:
@@ -144,3 +152,27 @@ class FitConfig:
             raise ValueError(f"ema must be in (0, 1) or None, got {self.ema!r}")
         if self.check_every < 1:
             raise ValueError(f"check_every must be >= 1, got {self.check_every!r}")
+
+
+# Fields added after result hashes were first written (``pipeline.batch.manifest.config_hash``),
+# with the default that reproduces the behaviour from before them. While a field has that value it
+# is left out of the hash (``stable_dict``), so adding an option does not make every rerun redo
+# every image. A new field of a hashed dataclass is added here with its default.
+ADDED_LATER: dict[str, dict[str, object]] = {
+    "EarlyStopConfig": {"rule": "wmv", "margin": 1.0},
+    "Options": {"stop_rule": None},
+}
+
+
+def stable_dict(value):
+    """``dataclasses.asdict`` of ``value`` (recursively), less the ``ADDED_LATER`` fields at their
+    default: the form that configuration hashes are taken of."""
+    if is_dataclass(value) and not isinstance(value, type):
+        later = ADDED_LATER.get(type(value).__name__, {})
+        return {f.name: stable_dict(getattr(value, f.name)) for f in fields(value)
+                if not (f.name in later and getattr(value, f.name) == later[f.name])}
+    if isinstance(value, (list, tuple)):
+        return [stable_dict(v) for v in value]
+    if isinstance(value, dict):
+        return {k: stable_dict(v) for k, v in value.items()}
+    return value

@@ -26,7 +26,7 @@ from torch import Tensor
 
 from .config import EarlyStopConfig
 
-__all__ = ["EarlyStopConfig", "MovingVariance"]
+__all__ = ["Discrepancy", "EarlyStopConfig", "MovingVariance"]
 
 
 class MovingVariance:
@@ -69,6 +69,9 @@ class MovingVariance:
         mean = self.sum / w
         self.observe((self.sum_sq / w - mean * mean).flatten(1).mean(1), candidate, iteration)
 
+    def check(self, candidate: Tensor, residuals: list[float], iteration: int) -> None:
+        """Nothing at the checks: the variance is updated every iteration (``update``)."""
+
     def observe(self, variance: Tensor, candidate: Tensor, iteration: int) -> None:
         """The stopping rule, given each image's window variance [N] at ``iteration`` (``update``
         calls it every iteration once the window is full; a recorded curve can be replayed
@@ -110,3 +113,49 @@ class MovingVariance:
         """True once every image's detector has fired. One host sync: call it every few iterations."""
         stopped = self.stopped()
         return stopped is not None and bool(stopped.all())
+
+
+class Discrepancy:
+    """The discrepancy principle for N fits at once: image n stops at the first check where the
+    residual ‖A(x_n) − y_n‖² / size of its candidate is at most (margin · σ_n)², σ_n its noise
+    level in [0, 1] units; its output is that candidate, frozen. A fit fitted past its noise floor
+    fits the noise; one that never reaches it keeps its last output.
+
+    Same interface as ``MovingVariance`` where the fit loop uses it: ``update`` (nothing to do per
+    iteration), ``check`` at each check with the residuals, ``should_stop``, ``stopped``,
+    ``fired_at``, ``best_image``, ``best_iteration``.
+    """
+
+    def __init__(self, config: EarlyStopConfig, sigmas: list[float]):
+        if not sigmas or not all(s >= 0 for s in sigmas):
+            raise ValueError(f"the discrepancy rule needs a noise level >= 0 per image, got {sigmas!r}")
+        self.config = config
+        self.targets = [(config.margin * s) ** 2 for s in sigmas]  # residual MSE to reach, [0, 1]² units
+        self.best_image: Tensor | None = None
+        self.best_iteration: Tensor | None = None
+        self.reached_at: list[int | None] = [None] * len(sigmas)
+        self.variance = None  # no variance to record
+
+    def update(self, output: Tensor, candidate: Tensor, iteration: int) -> None:
+        """Nothing per iteration: the rule is checked at the check cadence (``check``)."""
+
+    def check(self, candidate: Tensor, residuals: list[float], iteration: int) -> None:
+        """``candidate`` [N, C, H, W] and each image's residual MSE now; freeze those that reached."""
+        if self.best_image is None:
+            self.best_image = candidate.detach().clone()
+            self.best_iteration = torch.full((len(residuals),), iteration, dtype=torch.long)
+        for n, (residual, target) in enumerate(zip(residuals, self.targets, strict=True)):
+            if self.reached_at[n] is None:
+                self.best_image[n] = candidate[n].detach()
+                self.best_iteration[n] = iteration
+                if residual <= target:
+                    self.reached_at[n] = iteration
+
+    def stopped(self) -> Tensor:
+        return torch.tensor([r is not None for r in self.reached_at])
+
+    def fired_at(self) -> Tensor:
+        return torch.tensor([-1 if r is None else r for r in self.reached_at])
+
+    def should_stop(self) -> bool:
+        return all(r is not None for r in self.reached_at)

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from .config import FitConfig
-from .early_stop import MovingVariance
+from .early_stop import Discrepancy, MovingVariance
 from .engine import (
     EngineConfig,
     align_channels,
@@ -75,6 +75,7 @@ def fit(
     dtype: torch.dtype = torch.float32,
     time_limit_s: float | None = None,
     engine: EngineConfig | None = None,
+    noise_sigma: float | list[float] | None = None,
 ) -> FitResult:
     """Fit ``net`` so that ``operator(net(net_input))`` matches ``observation``.
 
@@ -85,12 +86,15 @@ def fit(
     engine: how the iterations run (precision, memory format, compilation; see
         ``pipeline.core.engine``); None = ``EngineConfig.fast(device)``. It changes the speed, not the
         result (up to rounding: bf16 autocast rounds the forward pass).
+    noise_sigma: the observation's noise level in [0, 1] units (σ / 255), for the discrepancy
+        rule (``config.early_stop.rule == "discrepancy"``).
     The network's output is cropped (centred) to ``operator.image_size(h, w)``.
     """
     if net_input.shape[0] != 1:
         raise ValueError(f"fit takes one image (z of batch 1), got z {list(net_input.shape)}; use fit_many")
     return fit_many(net, net_input, operator, observation, config, reference=reference, seeds=[seed],
-                    device=device, dtype=dtype, time_limit_s=time_limit_s, engine=engine)[0]
+                    device=device, dtype=dtype, time_limit_s=time_limit_s, engine=engine,
+                    noise_sigma=None if noise_sigma is None else [noise_sigma])[0]
 
 
 def fit_many(
@@ -106,6 +110,7 @@ def fit_many(
     dtype: torch.dtype = torch.float32,
     time_limit_s: float | None = None,
     engine: EngineConfig | None = None,
+    noise_sigma: list[float] | None = None,
 ) -> list[FitResult]:
     """N independent fits in one loop: ``fit`` for a batch (see ``pipeline.core.packed``).
 
@@ -114,7 +119,8 @@ def fit_many(
     (it seeds that image's input jitter). The loss is the sum of the N images' mean squared
     errors, so each network gets exactly its own gradient; Adam is elementwise, so each image's
     fit is the fit it would have alone (up to rounding). Backtracking restores the whole pack;
-    with early stopping the loop runs until every image's detector has fired.
+    with early stopping the loop runs until every image's detector has fired. noise_sigma: one noise
+    level per image ([0, 1] units) for the discrepancy rule.
     """
     # 1. Put everything on the device, in the engine's memory format; z and its jitter are seeded.
     started = time.perf_counter()
@@ -135,7 +141,7 @@ def fit_many(
     generators = [torch.Generator(device=z.device).manual_seed(s) for s in seeds]
     jitter = torch.empty(z.shape, device=device, dtype=dtype)  # contiguous: the same draws in every memory format
     optimizer = make_optimizer(net, config.lr, engine, device)
-    stopper = MovingVariance(config.early_stop) if config.early_stop else None
+    stopper = _detector(config, noise_sigma, n)
 
     ema: Tensor | None = None
     checkpoint = _snapshot(net, optimizer, ema)
@@ -216,6 +222,8 @@ def fit_many(
                     if stopper is not None and stopper.variance is not None:
                         entry["variance"] = stopper.variance.tolist()
                     history.append(entry)
+                if stopper is not None and operator.observes_image:  # each candidate's residual, [0, 1]² units
+                    stopper.check(candidate, [10 ** (-p / 10) for p in entry["psnr_observation"]], i)
                 if stopper is not None and not config.early_stop.dry_run and stopper.should_stop():
                     stopped_early = True
                     break
@@ -244,6 +252,17 @@ def fit_many(
         )
         for g in range(n)
     ]
+
+
+def _detector(config: FitConfig, noise_sigma: list[float] | None, n: int) -> MovingVariance | Discrepancy | None:
+    """The early-stopping detector of ``config`` for n images (None: a fixed budget)."""
+    if config.early_stop is None:
+        return None
+    if config.early_stop.rule == "wmv":
+        return MovingVariance(config.early_stop)
+    if noise_sigma is None or len(noise_sigma) != n:
+        raise ValueError(f"the discrepancy rule needs one noise level per image (noise_sigma), got {noise_sigma!r}")
+    return Discrepancy(config.early_stop, list(noise_sigma))
 
 
 def _psnr_each(x: Tensor, y: Tensor) -> list[float]:

@@ -10,6 +10,7 @@ Every operator is an ``nn.Module`` with one interface:
   evaluations with ground truth (seeded by a ``torch.Generator``);
 - ``observes_image``: whether the observation is an image (PSNR against it means something;
   False for feature inversion, whose observation is a CNN's activations);
+- ``noise_floor(sigma)``: the residual the observation's noise alone leaves (the discrepancy rule);
 - ``stack(operators)``: one operator for a pack of N images (``pipeline.core.packed``).
 
 A new task is a new operator, not a new loop.
@@ -34,6 +35,11 @@ class Operator(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return x
+
+    def noise_floor(self, sigma: float) -> float:
+        """The residual RMS ‖A(x) − y‖ / √size that noise of std ``sigma`` leaves when x is the clean
+        image: ``sigma`` for an operator that observes every pixel."""
+        return sigma
 
     def stack(self, operators: list["Operator"]) -> "Operator":
         """The operator for a pack of N images, one per image in ``operators`` (this one among
@@ -90,6 +96,10 @@ class Inpainting(Operator):
 
     def forward(self, x: Tensor) -> Tensor:
         return x * self.mask.to(x.dtype)
+
+    def noise_floor(self, sigma: float) -> float:
+        """Only the known pixels carry noise into the residual: sigma √(known fraction)."""
+        return sigma * float(self.mask.mean()) ** 0.5
 
     def stack(self, operators: list[Operator]) -> "Inpainting":
         """The N masks stacked: [N, 1, H, W], image n masked by its own."""

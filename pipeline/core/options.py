@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from functools import lru_cache
 
+from .config import stable_dict
 from .presets import PRESET_NAMES, TASKS, Preset, get_preset
 
 
@@ -43,8 +44,12 @@ class Options:
                                 "cpu-small for CPU demos and tests.", str, choices=PRESET_NAMES)
     scale: int | None = option(None, "Super-resolution factor (2, 4, 8).", int, low=2, high=16)
     iterations: int | None = option(None, "Override the preset's iteration budget.", int, low=1)
-    early_stop: bool | None = option(None, "Moving-variance early stopping (default: the preset's, off in every "
-                                     "paper preset).", bool, flag="--early-stop/--no-early-stop")
+    early_stop: bool | None = option(None, "Early stopping without ground truth, by --stop-rule (default: the "
+                                     "preset's, off in every paper preset).", bool,
+                                     flag="--early-stop/--no-early-stop")
+    stop_rule: str | None = option(None, "The early-stopping rule: wmv (the moving-variance detector, ES-WMV) or "
+                                   "discrepancy (stop once the residual reaches the noise level estimated from the "
+                                   "image). Default: the preset's (wmv).", str, choices=("wmv", "discrepancy"))
     seed: int = option(0, "Seed of the network, its input and the jitter (dip run: the base seed; per-image "
                        "seeds derive from it and the image id).", int)
     device: str = option("cpu", "auto, cpu, cuda, cuda:1, ... (auto: CUDA when available).", str, cli_default="auto")
@@ -75,10 +80,15 @@ class Options:
 
     def resolve(self) -> Preset:
         """The preset with this request's overrides (iterations, early stopping) applied."""
-        return _resolve(self.task, self.preset, self.scale, self.iterations, self.early_stop)
+        return _resolve(self.task, self.preset, self.scale, self.iterations, self.early_stop, self.stop_rule)
 
     def to_dict(self) -> dict:
         return {name: getattr(self, name) for name in OPTION_NAMES}
+
+    def hash_dict(self) -> dict:
+        """``to_dict`` less the options added after result hashes were first written, while they
+        are at their default (``pipeline.core.config.ADDED_LATER``): what a result's hash covers."""
+        return stable_dict(self)
 
     def check_complete(self, *, has_mask: bool, has_guide: bool) -> None:
         """What the task needs besides the image, checked once for ``dip restore``, the manifest
@@ -121,5 +131,6 @@ def _range(meta: dict) -> str:
 
 @lru_cache(maxsize=1024)
 def _resolve(task: str, preset: str | None, scale: int | None, iterations: int | None,
-             early_stop: bool | None) -> Preset:
-    return get_preset(task, preset, scale=scale).with_overrides(iterations=iterations, early_stop=early_stop)
+             early_stop: bool | None, stop_rule: str | None) -> Preset:
+    return get_preset(task, preset, scale=scale).with_overrides(iterations=iterations, early_stop=early_stop,
+                                                                 stop_rule=stop_rule)

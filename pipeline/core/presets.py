@@ -24,6 +24,12 @@ TASKS = {
 
 INPUT_KINDS = ("noise", "meshgrid", "image")
 
+# The early-stopping rule a task uses when --early-stop is on and --stop-rule is not given, and the
+# discrepancy rule's margin: measured by benchmarks/stop_rules.py on the sigma-25 colour denoising
+# suite (README, "Tasks and presets"). Other tasks keep the moving-variance detector (not measured).
+DEFAULT_STOP_RULE = {"denoise": "discrepancy"}
+DISCREPANCY_MARGIN = 0.95  # stop once the residual RMS is 0.95 sigma-hat (clipping keeps it below sigma)
+
 
 @dataclass(frozen=True)
 class Preset:
@@ -38,14 +44,24 @@ class Preset:
     notes: str = ""
     early_stop: EarlyStopConfig = EarlyStopConfig()  # the detector used when early stopping is on
 
-    def with_overrides(self, *, iterations: int | None = None, early_stop: bool | None = None) -> "Preset":
-        """This preset with the command-line overrides applied (None = keep the preset's)."""
-        fit = self.fit
+    def with_overrides(self, *, iterations: int | None = None, early_stop: bool | None = None,
+                       stop_rule: str | None = None) -> "Preset":
+        """This preset with the command-line overrides applied (None = keep the preset's); ``stop_rule``
+        ("wmv", "discrepancy") is the rule early stopping uses when it is on (None: the task's
+        ``DEFAULT_STOP_RULE``, else the preset's)."""
+        fit, detector = self.fit, self.early_stop
+        if stop_rule is None and early_stop:
+            stop_rule = DEFAULT_STOP_RULE.get(self.task)
+        if stop_rule is not None and stop_rule != detector.rule:
+            margin = DISCREPANCY_MARGIN if stop_rule == "discrepancy" else 1.0
+            detector = replace(detector, rule=stop_rule, margin=margin)
+            if fit.early_stop is not None:
+                fit = replace(fit, early_stop=replace(fit.early_stop, rule=stop_rule, margin=margin))
         if iterations is not None:
             fit = replace(fit, iterations=int(iterations))
         if early_stop is not None:
-            fit = replace(fit, early_stop=self.early_stop if early_stop else None)
-        return replace(self, fit=fit)
+            fit = replace(fit, early_stop=detector if early_stop else None)
+        return replace(self, fit=fit, early_stop=detector)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -26,6 +26,7 @@ from .memory import GiB, choose_tile, memory_budget, memory_needed
 from .metadata import Metadata
 from .metrics import score
 from .nets import build_net, grid_size, make_input
+from .noise import estimate_noise
 from .operators import Denoise, FeatureInversion, Inpainting, JpegArtifacts, Operator, SuperResolution
 from .options import Options
 from .packed import PackedNets
@@ -56,6 +57,7 @@ class Restoration:
             "backtracks": self.fit.backtracks,
             "seconds": round(self.fit.seconds, 3),
             "iterations_per_second": round(self.fit.iterations_per_second, 2),
+            "stop_rule": self.preset.fit.early_stop.rule if self.preset.fit.early_stop else "fixed",
             "width": self.picture.width,
             "height": self.picture.height,
         }
@@ -84,7 +86,7 @@ def restore(
     job = prepare(observed, options, mask=mask, reference=reference, guide=guide)
     # 3. Fit.
     result = fit(job.net, job.z, job.operator, job.y, job.preset.fit, reference=job.reference, seed=options.seed,
-                 device=options.device, time_limit_s=options.time_limit_s)
+                 device=options.device, time_limit_s=options.time_limit_s, noise_sigma=job.noise_floor)
     return finish(job, result)
 
 
@@ -112,11 +114,14 @@ class Prepared:
     reference: Tensor | None  # [1, C, H, W]
     height: int
     width: int
+    noise_sigma: float | None  # σ̂ of the observation, 0-255 units (None: the observation is no image)
+    noise_floor: float | None  # the residual RMS the noise alone leaves, [0, 1] units (the discrepancy rule's)
 
 
 def prepare(observed: Picture, options: Options, *, mask: Picture | None = None, reference: Picture | None = None,
             guide: Picture | None = None) -> Prepared:
-    """Steps 1-2 of ``restore``: the operator, the observation, the seeded input and network."""
+    """Steps 1-3 of ``restore``: the operator, the observation, the seeded input and network, the
+    noise level."""
     check_inputs(observed, options, mask=mask, guide=guide)
     preset = options.resolve()
     y = observed.pixels  # [1, C, h, w] in [0, 1]
@@ -139,7 +144,11 @@ def prepare(observed: Picture, options: Options, *, mask: Picture | None = None,
         torch.manual_seed(options.seed)
         net = build_net(replace(preset.net, in_channels=z.shape[1], out_channels=observed.channels))
     ref = _check_reference(reference, observed.channels, height, width)
-    return Prepared(observed, options, preset, operator, y, z, net, ref, height, width)
+
+    # 3. The noise level, estimated from the observation (no ground truth needed).
+    noise_sigma = estimate_noise(observed.pixels).sigma if operator.observes_image else None
+    floor = None if noise_sigma is None else operator.noise_floor(noise_sigma / 255)
+    return Prepared(observed, options, preset, operator, y, z, net, ref, height, width, noise_sigma, floor)
 
 
 def finish(job: Prepared, result: FitResult) -> Restoration:
@@ -150,7 +159,8 @@ def finish(job: Prepared, result: FitResult) -> Restoration:
         baselines["baseline"] = degraded_input(job.operator, y.cpu())
         if options.tv_baseline:
             baselines["tv"] = tv_restore(job.operator.cpu().float(), y.cpu().float())
-    metrics = score(options.task, result.image, ref, observed.pixels, baselines)
+    metrics = {**score(options.task, result.image, ref, observed.pixels, baselines),
+               "noise_sigma": job.noise_sigma}
     picture = Picture(pixels=result.image, alpha=_resize_alpha(observed.alpha, job.height, job.width),
                       bit_depth=observed.bit_depth,
                       metadata=_scaled_dpi(observed.metadata, job.height / observed.height))
@@ -249,6 +259,7 @@ def restore_tiled(
 
     # 3. Score the whole image once, carry alpha through, and sum up the fits.
     metrics = score(options.task, image, ref, observed.pixels, baselines={})
+    metrics["noise_sigma"] = estimate_noise(observed.pixels).sigma
     metrics["tiles"] = len(boxes)
     fits = [r.fit for r in results]
     summed = FitResult(
@@ -317,6 +328,7 @@ def restore_many(items: Sequence[dict]) -> list[Restoration]:
         first.operator.stack([job.operator for job in jobs]), torch.cat([job.y for job in jobs]), first.preset.fit,
         reference=reference, seeds=[job.options.seed for job in jobs], device=options.device,
         time_limit_s=None if options.time_limit_s is None else options.time_limit_s * len(jobs),
+        noise_sigma=[job.noise_floor for job in jobs],
     )
     return [finish(job, result) for job, result in zip(jobs, results, strict=True)]
 

@@ -103,3 +103,15 @@ def test_missing_uri_column_and_empty_manifest_are_refused():
     storage.write_bytes("memory://m/empty.parquet", sink.getvalue().to_pybytes())
     with pytest.raises(ManifestError, match="no rows"):
         list(plan("memory://m/empty.parquet", DEFAULTS))
+
+
+def test_config_hashes_written_by_earlier_releases_stay_the_same():
+    """A rerun must skip what an earlier release restored: new options at their default (and new
+    fields of the early-stopping config) leave the hash as it was. The hashes below were computed
+    by the release before those options existed."""
+    rows = [({"image_id": "f16", "uri": "s3://b/f16.png", "degradation": "noise:25"}, Options(preset="cpu-small")),
+            ({"image_id": "scan-1", "uri": "s3://b/scan-1.tif", "task": "sr", "scale": 4}, Options()),
+            ({"image_id": "p", "uri": "p.png", "task": "inpaint", "mask_uri": "m.png",
+              "params": '{"iterations": 500}'}, Options(early_stop=True))]
+    hashes = [resolve(row, defaults).config_hash for row, defaults in rows]
+    assert hashes == ["501a092d30abfadc", "8d381efc506663f8", "de4bab44d29e2a11"]

@@ -19,13 +19,13 @@ def smooth_image(h: int, w: int) -> torch.Tensor:
     return torch.stack([0.2 + 0.6 * xx, 0.3 + 0.5 * yy * (1 - disc) + 0.1 * disc, 0.7 - 0.4 * disc])[None]
 
 
-def run(operator, observation, config, *, h, w, seed=0, reference=None, net=TINY):
+def run(operator, observation, config, *, h, w, seed=0, reference=None, net=TINY, **fit_options):
     grid = grid_size(h, w, net.depth)
     z = make_input("noise", 32, *grid, torch.Generator().manual_seed(seed))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = build_net(net)
-    return fit(model, z, operator, observation, config, reference=reference, seed=seed)
+    return fit(model, z, operator, observation, config, reference=reference, seed=seed, **fit_options)
 
 
 def mse(a, b):

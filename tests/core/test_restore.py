@@ -84,6 +84,17 @@ def test_early_stop_override_turns_the_detector_on():
     assert Options(task="denoise").resolve().fit.early_stop is None
 
 
+def test_the_stop_rule_defaults_to_the_discrepancy_rule_for_denoising_only():
+    from pipeline.core.presets import DISCREPANCY_MARGIN
+
+    denoise = Options(task="denoise", early_stop=True).resolve().fit.early_stop
+    assert (denoise.rule, denoise.margin) == ("discrepancy", DISCREPANCY_MARGIN)
+    assert Options(task="denoise", early_stop=True, stop_rule="wmv").resolve().fit.early_stop.rule == "wmv"
+    assert Options(task="inpaint", early_stop=True).resolve().fit.early_stop.rule == "wmv"
+    small = Options(task="denoise", preset=CPU_SMALL, early_stop=True).resolve().fit.early_stop
+    assert (small.rule, small.window, small.patience) == ("discrepancy", 25, 100)
+
+
 @pytest.mark.parametrize("kwargs,message", [
     (dict(task="deblur"), "deblur"),
     (dict(task="denoise", preset="nope"), "nope"),

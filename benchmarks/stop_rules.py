@@ -1,0 +1,122 @@
+"""Stopping rules without ground truth against the fixed budget and the oracle, on the colour
+denoising suite (the authors' sigma-25 noisy inputs, centre crops).
+
+    python benchmarks/stop_rules.py --preset denoise --size 64 --iterations 1000     # the paper's net
+    python benchmarks/stop_rules.py --preset cpu-small --size 64 --iterations 3000   # the small net, long
+
+One fit per image, run to the whole budget with its history recorded every 10 iterations (the
+ES-WMV detector in dry-run mode beside it), then every rule is replayed from that history:
+
+- fixed: the output at the budget;
+- oracle: the best PSNR along the trajectory (needs the ground truth: the bound);
+- wmv: the moving-variance detector (the preset's window and patience): its output, and where it fired;
+- discrepancy@m: the first check where the residual RMS ‖y − x‖/√n of the output falls to m·σ̂,
+  σ̂ estimated from the noisy input (``pipeline.core.noise``); the budget's output if it never does.
+
+Writes ``benchmarks/results/stop_rules_<preset>_<size>.json``: per image and rule, PSNR (dB) and
+the iterations it ran; per rule the mean PSNR, the mean and worst gap to the oracle, and the mean
+share of iterations saved against the fixed budget. Core only (no Ray).
+"""
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from pipeline.core.fit import fit  # noqa: E402  (after the sys.path insert: runs from a checkout)
+from pipeline.core.images import Picture, read  # noqa: E402  (after the sys.path insert: runs from a checkout)
+from pipeline.core.metrics import psnr  # noqa: E402  (after the sys.path insert: runs from a checkout)
+from pipeline.core.options import Options  # noqa: E402  (after the sys.path insert: runs from a checkout)
+from pipeline.core.restore import prepare  # noqa: E402  (after the sys.path insert: runs from a checkout)
+from pipeline.evaluation.suites import DEFAULT_DATA, DENOISE_COLOR  # noqa: E402  (after the sys.path insert: runs from a checkout)
+
+MARGINS = (0.9, 0.95, 1.0, 1.05, 1.1)
+
+
+def crop(picture: Picture, size: int) -> Picture:
+    top, left = (picture.height - size) // 2, (picture.width - size) // 2
+    return Picture(pixels=picture.pixels[..., top:top + size, left:left + size].contiguous())
+
+
+def replay(history: list[dict], floor: float, margin: float) -> tuple[float, int]:
+    """(PSNR, iteration) of the discrepancy rule at ``margin`` from a recorded history."""
+    for entry in history:
+        if 10 ** (-entry["psnr_observation"] / 20) <= margin * floor:
+            return entry["psnr_reference"], entry["iteration"]
+    return history[-1]["psnr_reference"], history[-1]["iteration"]
+
+
+def one(name: str, args) -> dict:
+    folder = Path(args.data) / "denoise_color_sigma25"
+    noisy, clean = crop(read(folder / f"{name}_noisy.png"), args.size), crop(read(folder / f"{name}_GT.png"), args.size)
+    options = Options(task="denoise", preset=args.preset, iterations=args.iterations, seed=args.seed)
+    job = prepare(noisy, options, reference=clean)
+    detector = replace(job.preset.early_stop, dry_run=True)
+    config = replace(job.preset.fit, check_every=10, early_stop=detector)
+    started = time.perf_counter()
+    result = fit(job.net, job.z, job.operator, job.y, config, reference=job.reference, seed=options.seed)
+    seconds = time.perf_counter() - started
+    history = result.history
+    best = max(history, key=lambda e: e["psnr_reference"])
+    rules = {
+        "fixed": (history[-1]["psnr_reference"], args.iterations),
+        "oracle": (best["psnr_reference"], best["iteration"]),
+        "wmv": (psnr(result.image, clean.pixels), result.fired_at or args.iterations),
+    }
+    for margin in MARGINS:
+        rules[f"discrepancy@{margin:g}"] = replay(history, job.noise_floor, margin)
+    row = {"image": name, "noise_sigma": job.noise_sigma, "psnr_input": psnr(noisy.pixels, clean.pixels),
+           "seconds": round(seconds, 1),
+           "rules": {k: {"psnr": round(p, 3), "iterations": int(i)} for k, (p, i) in rules.items()},
+           "history": [{k: e[k] for k in ("iteration", "psnr_observation", "psnr_reference")} for e in history]}
+    print(name, {k: v["psnr"] for k, v in row["rules"].items()}, flush=True)
+    return row
+
+
+def summarise(rows: list[dict], budget: int) -> dict:
+    summary = {}
+    for rule in rows[0]["rules"]:
+        gaps = [r["rules"][rule]["psnr"] - r["rules"]["oracle"]["psnr"] for r in rows]
+        saved = [1 - r["rules"][rule]["iterations"] / budget for r in rows]
+        summary[rule] = {"psnr_mean": round(statistics.fmean(r["rules"][rule]["psnr"] for r in rows), 3),
+                         "gap_to_oracle_mean": round(statistics.fmean(gaps), 3),
+                         "gap_to_oracle_worst": round(min(gaps), 3),
+                         "iterations_saved_mean": round(statistics.fmean(saved), 3)}
+    return summary
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="denoise")
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--iterations", type=int, default=1000)
+    parser.add_argument("--images", default=",".join(DENOISE_COLOR))
+    parser.add_argument("--data", default=str(DEFAULT_DATA))
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    rows = [one(name, args) for name in args.images.split(",")]
+    result = {"preset": args.preset, "size": args.size, "iterations": args.iterations, "seed": args.seed,
+              "summary": summarise(rows, args.iterations), "rows": rows,
+              "machine": f"{platform.machine()}, {args.threads} torch thread(s) on the 2-core build machine",
+              "torch": torch.__version__}
+    out = Path(args.out or ROOT / "benchmarks" / "results" / f"stop_rules_{args.preset}_{args.size}.json")
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    for rule, figures in result["summary"].items():
+        print(f"{rule:>18}: {figures}")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
