@@ -10,6 +10,8 @@
 #            ES_IMAGES=F16,baboon,... picks images
 #   pack     packing_speed.py, packs of 8 and 4                             ~200 s
 #   speed    fit_speed.py with its ablations (ABLATIONS picks them)         ~300 s
+#   stoprules  stop_rules.py: every stopping rule on the full-size denoising suite, 3000 iterations,
+#            replayed from recorded fits (STOP_IMAGES=F16,... picks images)   ~400 s
 # Results go to $OUT (default benchmarks/results), the log to $OUT/session.log.
 #
 #   OUT=/tmp/out STEPS="tests profile es" bash benchmarks/gpu_session.sh
@@ -46,6 +48,9 @@ for name in ${STEPS:-tests profile layers es pack speed}; do
         pack) step 220 $PY benchmarks/packing_speed.py --packs 8,4 --output "$OUT" ;;
         speed) step 300 $PY benchmarks/fit_speed.py --iterations 600 --ablation-iterations 300 \
                    --ablations "${ABLATIONS:-2nd-fit,size+32,size+64,align,no-compile,no-graphs,no-bf16}" --output "$OUT" ;;
-        *) echo "unknown step $name (expected tests, profile, profile-align, layers, es, pack, speed)"; exit 2 ;;
+        stoprules) step 420 $PY benchmarks/stop_rules.py --preset denoise --size 0 --iterations 3000 --device cuda \
+                       ${STOP_IMAGES:+--images "$STOP_IMAGES"} \
+                       --out "$OUT/stop_rules_denoise_full_$($PY -c 'import torch; print(torch.cuda.get_device_name().lower().replace(" ", "-"))').json" ;;
+        *) echo "unknown step $name (expected tests, profile, profile-align, layers, es, pack, speed, stoprules)"; exit 2 ;;
     esac
 done

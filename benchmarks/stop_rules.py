@@ -3,6 +3,7 @@ denoising suite (the authors' sigma-25 noisy inputs, centre crops).
 
     python benchmarks/stop_rules.py --preset denoise --size 64 --iterations 1000     # the paper's net
     python benchmarks/stop_rules.py --preset cpu-small --size 64 --iterations 3000   # the small net, long
+    python benchmarks/stop_rules.py --preset denoise --size 0 --iterations 3000 --device cuda  # full size, GPU
 
 One fit per image, run to the whole budget with its history recorded every 10 iterations (the
 ES-WMV detector in dry-run mode beside it), then every rule is replayed from that history:
@@ -42,7 +43,9 @@ from pipeline.evaluation.suites import DEFAULT_DATA, DENOISE_COLOR  # noqa: E402
 MARGINS = (0.9, 0.95, 1.0, 1.05, 1.1)
 
 
-def crop(picture: Picture, size: int) -> Picture:
+def crop(picture: Picture, size: int | None) -> Picture:
+    if not size:
+        return picture  # full size
     top, left = (picture.height - size) // 2, (picture.width - size) // 2
     return Picture(pixels=picture.pixels[..., top:top + size, left:left + size].contiguous())
 
@@ -58,12 +61,14 @@ def replay(history: list[dict], floor: float, margin: float) -> tuple[float, int
 def one(name: str, args) -> dict:
     folder = Path(args.data) / "denoise_color_sigma25"
     noisy, clean = crop(read(folder / f"{name}_noisy.png"), args.size), crop(read(folder / f"{name}_GT.png"), args.size)
-    options = Options(task="denoise", preset=args.preset, iterations=args.iterations, seed=args.seed)
+    options = Options(task="denoise", preset=args.preset, iterations=args.iterations, seed=args.seed,
+                      device=args.device)
     job = prepare(noisy, options, reference=clean)
     detector = replace(job.preset.early_stop, dry_run=True)
     config = replace(job.preset.fit, check_every=10, early_stop=detector)
     started = time.perf_counter()
-    result = fit(job.net, job.z, job.operator, job.y, config, reference=job.reference, seed=options.seed)
+    result = fit(job.net, job.z, job.operator, job.y, config, reference=job.reference, seed=options.seed,
+                 device=args.device)
     seconds = time.perf_counter() - started
     history = result.history
     best = max(history, key=lambda e: e["psnr_reference"])
@@ -97,7 +102,8 @@ def summarise(rows: list[dict], budget: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="denoise")
-    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--size", type=int, default=64, help="centre crop side, px (0: the full image)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (the fast engine there)")
     parser.add_argument("--iterations", type=int, default=1000)
     parser.add_argument("--images", default=",".join(DENOISE_COLOR))
     parser.add_argument("--data", default=str(DEFAULT_DATA))
@@ -109,9 +115,12 @@ def main() -> None:
     rows = [one(name, args) for name in args.images.split(",")]
     result = {"preset": args.preset, "size": args.size, "iterations": args.iterations, "seed": args.seed,
               "summary": summarise(rows, args.iterations), "rows": rows,
-              "machine": f"{platform.machine()}, {args.threads} torch thread(s) on the 2-core build machine",
+              "machine": (torch.cuda.get_device_name() if args.device.startswith("cuda") else
+                          f"{platform.machine()}, {args.threads} torch thread(s) on the 2-core build machine"),
               "torch": torch.__version__}
-    out = Path(args.out or ROOT / "benchmarks" / "results" / f"stop_rules_{args.preset}_{args.size}.json")
+    tag = "" if not args.device.startswith("cuda") else "_" + torch.cuda.get_device_name().lower().replace(" ", "-")
+    size = args.size or "full"
+    out = Path(args.out or ROOT / "benchmarks" / "results" / f"stop_rules_{args.preset}_{size}{tag}.json")
     out.write_text(json.dumps(result, indent=1) + "\n")
     for rule, figures in result["summary"].items():
         print(f"{rule:>18}: {figures}")

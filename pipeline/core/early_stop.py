@@ -21,6 +21,8 @@ Everything stays on the device: ``update`` does no host synchronisation.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -119,7 +121,7 @@ class Discrepancy:
     """The discrepancy principle for N fits at once: image n stops at the first check where the
     residual ‖A(x_n) − y_n‖² / size of its candidate is at most (margin · σ_n)², σ_n its noise
     level in [0, 1] units; its output is that candidate, frozen. A fit fitted past its noise floor
-    fits the noise; one that never reaches it keeps its last output.
+    fits the noise; one that never reaches it (or whose σ is unknown: NaN) keeps its last output.
 
     Same interface as ``MovingVariance`` where the fit loop uses it: ``update`` (nothing to do per
     iteration), ``check`` at each check with the residuals, ``should_stop``, ``stopped``,
@@ -127,10 +129,11 @@ class Discrepancy:
     """
 
     def __init__(self, config: EarlyStopConfig, sigmas: list[float]):
-        if not sigmas or not all(s >= 0 for s in sigmas):
+        if not sigmas or not all(s >= 0 or math.isnan(s) for s in sigmas):
             raise ValueError(f"the discrepancy rule needs a noise level >= 0 per image, got {sigmas!r}")
         self.config = config
-        self.targets = [(config.margin * s) ** 2 for s in sigmas]  # residual MSE to reach, [0, 1]² units
+        # residual MSE to reach, [0, 1]² units; -1 (never) where the noise level is unknown (NaN: a tiny image)
+        self.targets = [-1.0 if math.isnan(s) else (config.margin * s) ** 2 for s in sigmas]
         self.best_image: Tensor | None = None
         self.best_iteration: Tensor | None = None
         self.reached_at: list[int | None] = [None] * len(sigmas)

@@ -260,7 +260,7 @@ def _detector(config: FitConfig, noise_sigma: list[float] | None, n: int) -> Mov
         return None
     if config.early_stop.rule == "wmv":
         return MovingVariance(config.early_stop)
-    if noise_sigma is None or len(noise_sigma) != n:
+    if noise_sigma is None or len(noise_sigma) != n:  # (an image's entry may be NaN: unknown, never stops)
         raise ValueError(f"the discrepancy rule needs one noise level per image (noise_sigma), got {noise_sigma!r}")
     return Discrepancy(config.early_stop, list(noise_sigma))
 

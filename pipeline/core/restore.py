@@ -10,6 +10,7 @@ This is what ``dip restore`` and the batch job call. It takes decoded pictures
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -115,7 +116,7 @@ class Prepared:
     height: int
     width: int
     noise_sigma: float | None  # σ̂ of the observation, 0-255 units (None: the observation is no image)
-    noise_floor: float | None  # the residual RMS the noise alone leaves, [0, 1] units (the discrepancy rule's)
+    noise_floor: float  # the residual RMS the noise alone leaves, [0, 1] units (the discrepancy rule's; NaN: unknown)
 
 
 def prepare(observed: Picture, options: Options, *, mask: Picture | None = None, reference: Picture | None = None,
@@ -146,8 +147,8 @@ def prepare(observed: Picture, options: Options, *, mask: Picture | None = None,
     ref = _check_reference(reference, observed.channels, height, width)
 
     # 3. The noise level, estimated from the observation (no ground truth needed).
-    noise_sigma = estimate_noise(observed.pixels).sigma if operator.observes_image else None
-    floor = None if noise_sigma is None else operator.noise_floor(noise_sigma / 255)
+    noise_sigma = _noise_sigma(observed) if operator.observes_image else None
+    floor = math.nan if noise_sigma is None else operator.noise_floor(noise_sigma / 255)  # NaN: unknown
     return Prepared(observed, options, preset, operator, y, z, net, ref, height, width, noise_sigma, floor)
 
 
@@ -259,7 +260,7 @@ def restore_tiled(
 
     # 3. Score the whole image once, carry alpha through, and sum up the fits.
     metrics = score(options.task, image, ref, observed.pixels, baselines={})
-    metrics["noise_sigma"] = estimate_noise(observed.pixels).sigma
+    metrics["noise_sigma"] = _noise_sigma(observed)
     metrics["tiles"] = len(boxes)
     fits = [r.fit for r in results]
     summed = FitResult(
@@ -349,6 +350,11 @@ def _check_reference(reference: Picture | None, channels: int, height: int, widt
     if pixels.shape[1] != channels:
         pixels = pixels.mean(dim=1, keepdim=True) if channels == 1 else pixels.expand(-1, channels, -1, -1)
     return pixels
+
+
+def _noise_sigma(picture: Picture) -> float | None:
+    """σ̂ of the picture, 0-255 units; None for an image too small to tell noise from content."""
+    return estimate_noise(picture.pixels).sigma if min(picture.height, picture.width) >= 8 else None
 
 
 def _scaled_dpi(metadata: Metadata, factor: float) -> Metadata:

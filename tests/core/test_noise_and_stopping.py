@@ -73,3 +73,11 @@ def test_restore_records_the_noise_level_and_the_rule_it_stopped_by():
     assert result.fit.stopped_early and result.fit.iterations < 600
     plain = restore(noisy, Options(task="denoise", preset="cpu-small", iterations=5)).summary()
     assert plain["stop_rule"] == "fixed" and plain["noise_sigma"] == pytest.approx(summary["noise_sigma"])
+
+
+def test_a_tiny_image_has_no_noise_level_and_the_discrepancy_rule_runs_its_budget():
+    tiny = Picture(pixels=torch.rand(1, 3, 3, 7, generator=torch.Generator().manual_seed(0)))
+    options = Options(task="denoise", preset="cpu-small", iterations=20, early_stop=True, stop_rule="discrepancy")
+    result = restore(tiny, options)
+    assert result.summary()["noise_sigma"] is None
+    assert result.fit.iterations == 20 and not result.fit.stopped_early
