@@ -399,7 +399,8 @@ def encode_tiff(picture: Picture, provenance: dict | None = None) -> bytes:
     array = _levels(picture, None, None)  # HxWxC
     metadata, channels = picture.metadata, array.shape[2]
     text = metadata.text
-    description = text.get("ImageDescription") or ""
+    description = "\n".join(line for line in (text.get("ImageDescription") or "").splitlines()
+                            if not line.startswith(PROVENANCE_KEY + " "))  # a restored file restored again
     if provenance:
         line = f"{PROVENANCE_KEY} {json.dumps(provenance, sort_keys=True)}"
         description = f"{description}\n{line}" if description else line

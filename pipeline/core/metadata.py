@@ -116,7 +116,6 @@ def read_provenance(text: dict) -> dict | None:
     ImageDescription), or None when the file has none."""
     if PROVENANCE_KEY in text:
         return json.loads(text[PROVENANCE_KEY])
-    for line in (text.get("ImageDescription") or "").splitlines():
-        if line.startswith(PROVENANCE_KEY + " "):
-            return json.loads(line[len(PROVENANCE_KEY) + 1:])
-    return None
+    marker = PROVENANCE_KEY + " "
+    lines = [line for line in (text.get("ImageDescription") or "").splitlines() if line.startswith(marker)]
+    return json.loads(lines[-1][len(marker):]) if lines else None  # the newest, should there be several

@@ -170,6 +170,10 @@ def test_tiff_metadata_is_carried_to_tiff_and_png():
         assert read_provenance(back.text) == {"tool": "dip", "seed": 3}
     description = decode(encode(picture, "tiff", {"tool": "dip"}), name="x.tif").metadata.text["ImageDescription"]
     assert description.startswith("Box 12, print 4\n")  # the archive's description kept, ours appended
+    once = decode(encode(picture, "tiff", {"seed": 1}), name="a.tif")
+    again = decode(encode(once, "tiff", {"seed": 2}), name="b.tif")
+    assert again.metadata.text["ImageDescription"].count("dip:provenance") == 1  # replaced, not stacked
+    assert read_provenance(again.metadata.text) == {"seed": 2}
 
 
 def test_output_names_choose_the_format_or_are_refused():
