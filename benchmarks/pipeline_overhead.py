@@ -65,7 +65,7 @@ def plain_loop(manifest: str, output: str, storage_options: dict | None) -> floa
     for row in table:
         picture = read_picture(row["uri"], storage_options)
         restored = restore(picture, Options(task="denoise", preset="cpu-small", iterations=1, device="cpu"))
-        from pipeline.core.images import encode_png
+        from pipeline.core.encoding import encode_png
 
         storage.write_bytes(storage.join(output, "restored", f"{row['image_id']}.png"),
                             encode_png(restored.picture), storage_options)

@@ -23,7 +23,7 @@ _EXPORTS = {
     "FitConfig": "pipeline.core.config",
     "Picture": "pipeline.core.images",
     "read": "pipeline.core.images",
-    "write": "pipeline.core.images",
+    "write": "pipeline.core.encoding",
 }
 __all__ = sorted(_EXPORTS)
 

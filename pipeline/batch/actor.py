@@ -17,6 +17,7 @@ import traceback
 from dataclasses import dataclass, field, replace
 
 from .. import storage
+from ..core.formats import SUFFIX, batch_format
 from ..core.options import Options
 from . import manifest, results
 
@@ -113,8 +114,6 @@ class FitActor:
         row, job = item.row, item.job
         if restored is not None:
             try:
-                from ..core.formats import SUFFIX, batch_format
-
                 fmt = batch_format(self.output_format, restored.picture.metadata.format)
                 url = storage.join(self.output, "restored", f"{storage.safe_key(job.image_id)}{SUFFIX[fmt]}")
                 storage.write_bytes(url, _encode(restored, fmt, item), self.storage_options)
@@ -139,7 +138,7 @@ class FitActor:
 
 def _encode(restored, fmt: str, item: _Item) -> bytes:
     """The restored picture's bytes, with the provenance of its result row."""
-    from ..core.images import encode
+    from ..core.encoding import encode
     from ..core.metadata import provenance
 
     record = provenance(task=item.options.task, preset=restored.preset.name, iterations=restored.fit.iterations,

@@ -38,9 +38,10 @@ def restore(input_url, output, mask, reference, guide, degradation, max_pixels, 
     with INPUT's bit depth, alpha, ICC profile and metadata, and the provenance of the fit."""
     from .. import storage
     from ..batch.inputs import load_inputs
+    from ..core.encoding import encode
     from ..core.fit import FitDiverged, FitTimeout
     from ..core.formats import output_format
-    from ..core.images import ImageError, encode
+    from ..core.images import ImageError
     from ..core.memory import FitTooLarge
     from ..core.metadata import provenance
     from ..core.options import Options

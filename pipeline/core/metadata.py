@@ -4,7 +4,7 @@
 reset to 1: the pixels are written upright), the XMP packet, the resolution (dots per inch) and the
 descriptive fields (TIFF's Artist, Copyright, ImageDescription, DateTime, Make, Model, and a PNG's
 text chunks). ``read_metadata`` takes them from a Pillow image (and, for TIFF, from tifffile's
-tags); ``pipeline.core.images.encode`` writes them back, with the provenance of the restoration
+tags); ``pipeline.core.encoding.encode`` writes them back, with the provenance of the restoration
 (``provenance``: tool and version, task, preset, iterations, seed, configuration hash).
 
 Pixels are never converted between colour spaces, so the profile stays valid for them.

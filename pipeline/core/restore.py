@@ -312,8 +312,6 @@ def restore_many(items: Sequence[dict]) -> list[Restoration]:
     if None in keys or len(keys) != 1:
         raise ValueError(f"restore_many needs images of one packable kind (tasks {PACKABLE_TASKS}, one size, one "
                          f"preset, one device); got keys {sorted(map(str, keys))}")
-    for item in items:
-        check_inputs(item["observed"], item["options"], mask=item.get("mask"))
     needed, budget = memory_needed(items[0]["observed"], items[0]["options"]) * len(items), \
         memory_budget(items[0]["options"])
     if needed > budget:

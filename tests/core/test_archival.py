@@ -14,8 +14,9 @@ import tifffile
 from PIL import Image, ImageOps
 from PIL.PngImagePlugin import PngInfo
 
+from pipeline.core.encoding import encode
 from pipeline.core.formats import batch_format, output_format
-from pipeline.core.images import ImageError, _orient, decode, encode
+from pipeline.core.images import ImageError, _orient, decode
 from pipeline.core.metadata import read_provenance
 
 ICC = b"\x00\x00\x02\x0cfake-icc-profile" + bytes(range(256))  # carried as bytes: any content

@@ -7,7 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline.core.images import ImageError, Picture, decode, encode_png, read, to_uint8
+from pipeline.core.encoding import encode_png
+from pipeline.core.images import ImageError, Picture, decode, read, to_uint8
 
 
 def _save(image: Image.Image, fmt: str, **options) -> bytes:

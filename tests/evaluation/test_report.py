@@ -206,7 +206,8 @@ def test_thumbnails_of_16_bit_tiff_and_png_results():
 
     from PIL import Image
 
-    from pipeline.core.images import decode, encode
+    from pipeline.core.encoding import encode
+    from pipeline.core.images import decode
     from pipeline.evaluation.html import thumbnail_png
     from tests.core.test_archival import archival_tiff
 
