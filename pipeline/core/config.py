@@ -160,7 +160,7 @@ class FitConfig:
 # every image. A new field of a hashed dataclass is added here with its default.
 ADDED_LATER: dict[str, dict[str, object]] = {
     "EarlyStopConfig": {"rule": "wmv", "margin": 1.0},
-    "Options": {"stop_rule": None},
+    "Options": {"stop_rule": None, "defect_sensitivity": 1.0, "mask_mode": "combine"},
 }
 
 

@@ -184,11 +184,12 @@ class FeatureInversion(Operator):
 
 def parse_degradation(spec: str) -> tuple[str, float]:
     """Parse a degradation spec, as written in manifests and on the command line ("noise:25",
-    "downsample:4", "mask:bernoulli:0.5", "jpeg:10"), into (kind, value); raises ValueError
-    naming the spec."""
+    "downsample:4", "mask:bernoulli:0.5", "jpeg:10", and the archive scan model of
+    ``pipeline.core.synthetic``: "archive:12" grain and defects, "grain:12" grain only), into
+    (kind, value); raises ValueError naming the spec."""
     parts = str(spec).strip().split(":")
     try:
-        if parts[0] == "noise" and len(parts) == 2:
+        if parts[0] in ("noise", "archive", "grain") and len(parts) == 2:
             value = float(parts[1])
         elif parts[0] == "downsample" and len(parts) == 2:
             value = int(parts[1])
@@ -201,7 +202,7 @@ def parse_degradation(spec: str) -> tuple[str, float]:
     except ValueError:
         raise ValueError(
             f"bad degradation spec {spec!r}: expected noise:SIGMA, downsample:SCALE, "
-            "mask:bernoulli:P_KNOWN or jpeg:QUALITY"
+            "mask:bernoulli:P_KNOWN, jpeg:QUALITY, archive:SIGMA or grain:SIGMA"
         ) from None
     if not (math.isfinite(value) and value > 0):
         raise ValueError(f"bad degradation spec {spec!r}: the value must be positive")

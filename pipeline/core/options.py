@@ -57,6 +57,12 @@ class Options:
     layer: str = option("conv5", "Feature inversion: the layer to invert (e.g. conv5, fc6).", str)
     weights: str | None = option(None, "Feature inversion: the network's state-dict file (default: torchvision's "
                                  "cache).", str)
+    defect_sensitivity: float = option(1.0, "Archive: how readily dust and scratches are found (2: half the "
+                                       "contrast is enough, 0.5: twice as much is needed).", float, low=0,
+                                       low_open=True, high=100)
+    mask_mode: str = option("combine", "Archive with --mask: combine the given mask with the detected one "
+                            "(both black areas are filled), or replace the detection by it.", str,
+                            choices=("combine", "replace"))
     tv_baseline: bool = option(False, "Also minimise the TV prior with the same data term, and score it.", bool)
     time_limit_s: float | None = option(None, "Seconds a fit may run before it is stopped as an error.", float,
                                         flag="--time-limit", low=0, low_open=True)

@@ -20,6 +20,8 @@ TASKS = {
     "jpeg": "blind JPEG-artifact removal (A = identity, no ground truth)",
     "flash": "flash / no-flash (the flash image is the network input)",
     "invert": "feature inversion (A = activations of an AlexNet/VGG layer)",
+    "archive": "archive scans: grain of unknown strength, dust and scratches found and filled in one fit "
+               "(A = mask of the detected defects)",
 }
 
 INPUT_KINDS = ("noise", "meshgrid", "image")
@@ -27,7 +29,7 @@ INPUT_KINDS = ("noise", "meshgrid", "image")
 # The early-stopping rule a task uses when --early-stop is on and --stop-rule is not given, and the
 # discrepancy rule's margin: measured by benchmarks/stop_rules.py on the sigma-25 colour denoising
 # suite (README, "Tasks and presets"). Other tasks keep the moving-variance detector (not measured).
-DEFAULT_STOP_RULE = {"denoise": "discrepancy"}
+DEFAULT_STOP_RULE = {"denoise": "discrepancy", "archive": "discrepancy"}
 DISCREPANCY_MARGIN = 0.95  # stop once the residual RMS is 0.95 sigma-hat (clipping keeps it below sigma)
 
 
@@ -104,6 +106,13 @@ PAPER = {
         FitConfig(iterations=11000, lr=0.001, reg_noise_std=0.03, backtrack=True),
         notes="50% of pixels missing; backtracking",
     ),
+    "archive": Preset(
+        "archive", "archive", SKIP,
+        FitConfig(iterations=3000, lr=0.01, reg_noise_std=1 / 30, ema=0.99, backtrack=True,
+                  early_stop=EarlyStopConfig(rule="discrepancy", margin=DISCREPANCY_MARGIN)),
+        early_stop=EarlyStopConfig(rule="discrepancy", margin=DISCREPANCY_MARGIN),
+        notes="the denoise preset, the data term on the pixels no defect covers, stopped by the discrepancy rule",
+    ),
     "jpeg": Preset(
         "jpeg", "jpeg", SKIP, FitConfig(iterations=2400, lr=0.01, reg_noise_std=1 / 30, ema=0.99),
         notes="blind JPEG-artifact removal; EMA",
@@ -125,7 +134,7 @@ CPU_SMALL_ITERATIONS = 400
 
 DEFAULT_PRESET = {
     "denoise": "denoise", "sr": "sr-x4", "inpaint": "inpaint-text",
-    "jpeg": "jpeg", "flash": "flash", "invert": "invert",
+    "jpeg": "jpeg", "flash": "flash", "invert": "invert", "archive": "archive",
 }
 
 PRESET_NAMES = (*PAPER, CPU_SMALL)
@@ -148,10 +157,11 @@ def get_preset(task: str, name: str | None = None, *, scale: int | None = None) 
         tiny = replace(NET_VARIANTS["tiny"], upsample_mode=base.net.upsample_mode)
         if base.input_kind == "meshgrid":
             tiny = replace(tiny, channels_skip=(0,) * tiny.depth)
+        detector = replace(base.early_stop, window=25, patience=100)  # the base's rule, a shorter window
+        fit = replace(base.fit, iterations=CPU_SMALL_ITERATIONS, check_every=50,
+                      early_stop=detector if base.fit.early_stop is not None else None)
         return replace(
-            base, name=CPU_SMALL, net=tiny,
-            fit=replace(base.fit, iterations=CPU_SMALL_ITERATIONS, check_every=50),
-            early_stop=EarlyStopConfig(window=25, patience=100),
+            base, name=CPU_SMALL, net=tiny, fit=fit, early_stop=detector,
             notes=f"tiny network, {CPU_SMALL_ITERATIONS} iterations: demos and tests",
         )
     if name not in PAPER:

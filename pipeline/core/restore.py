@@ -4,7 +4,8 @@ fit, and score. Also N same-size images in one packed fit (``restore_many``).
 This is what ``dip restore`` and the batch job call. It takes decoded pictures
 (``pipeline.core.images.Picture``) and returns one; reading and writing them is the caller's job.
 
-    restore(observed, options)        check_inputs -> choose_tile -> (restore_tiled | prepare -> fit -> finish)
+    restore(observed, options)   check_inputs -> [archive_mask] -> choose_tile
+                                 -> (restore_tiled | prepare -> fit -> finish)
     restore_many([{observed, options}, ...])   prepare each -> fit_many(PackedNets) -> finish each
 """
 
@@ -20,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .baselines import degraded_input, tv_restore
+from .defects import detect_defects
 from .features import feature_extractor
 from .fit import FitResult, FitTimeout, fit, fit_many
 from .images import Picture
@@ -34,7 +36,7 @@ from .packed import PackedNets
 from .presets import Preset
 from .tiles import TILE_OVERLAP_DIVISOR, blend_weights, tile_boxes
 
-PACKABLE_TASKS = ("denoise", "jpeg", "sr", "inpaint")
+PACKABLE_TASKS = ("denoise", "jpeg", "sr", "inpaint", "archive")
 
 
 @dataclass
@@ -45,6 +47,7 @@ class Restoration:
     fit: FitResult
     preset: Preset
     metrics: dict  # psnr, ssim, psnr_y (sr), psnr_input: dB / [0, 1]; None without a reference
+    mask: Picture | None = None  # archive: the mask the fit used (white = kept, black = filled)
 
     def summary(self) -> dict:
         """Metrics and timings as plain JSON-able values."""
@@ -80,10 +83,15 @@ def restore(
     ``options.tiling`` off it raises ``FitTooLarge`` before anything is allocated.
     """
     check_inputs(observed, options, mask=mask, guide=guide)
+    if options.task == "archive":  # found once on the whole image; each tile gets its part
+        mask, options = archive_mask(observed, options, mask), replace(options, mask_mode="replace")
     tile = choose_tile(observed, options)
     if tile is not None:
-        return restore_tiled(observed, options, mask=mask, reference=reference, guide=guide, tile=tile,
-                             overlap=max(1, tile // TILE_OVERLAP_DIVISOR))
+        tiled = restore_tiled(observed, options, mask=mask, reference=reference, guide=guide, tile=tile,
+                              overlap=max(1, tile // TILE_OVERLAP_DIVISOR))
+        if options.task == "archive":
+            tiled.mask, tiled.metrics["defect_fraction"] = mask, _masked_fraction(mask)
+        return tiled
     job = prepare(observed, options, mask=mask, reference=reference, guide=guide)
     # 3. Fit.
     result = fit(job.net, job.z, job.operator, job.y, job.preset.fit, reference=job.reference, seed=options.seed,
@@ -117,6 +125,7 @@ class Prepared:
     width: int
     noise_sigma: float | None  # σ̂ of the observation, 0-255 units (None: the observation is no image)
     noise_floor: float  # the residual RMS the noise alone leaves, [0, 1] units (the discrepancy rule's; NaN: unknown)
+    mask: Picture | None = None  # archive: the mask used
 
 
 def prepare(observed: Picture, options: Options, *, mask: Picture | None = None, reference: Picture | None = None,
@@ -128,8 +137,12 @@ def prepare(observed: Picture, options: Options, *, mask: Picture | None = None,
     y = observed.pixels  # [1, C, h, w] in [0, 1]
 
     # 1. The forward operator, and the observation in its space.
+    if options.task == "archive":
+        mask = archive_mask(observed, options, mask)
     operator = build_operator(options, observed, mask)
     height, width = operator.image_size(*y.shape[-2:])
+    if options.task == "archive":  # the defects' pixels leave the data term (and the residual)
+        y = operator(y)
     if not operator.observes_image:  # feature inversion: the input is the image whose features to invert
         reference = reference or observed
         y = operator.degrade(observed.pixels, torch.Generator())
@@ -149,23 +162,40 @@ def prepare(observed: Picture, options: Options, *, mask: Picture | None = None,
     # 3. The noise level, estimated from the observation (no ground truth needed).
     noise_sigma = _noise_sigma(observed) if operator.observes_image else None
     floor = math.nan if noise_sigma is None else operator.noise_floor(noise_sigma / 255)  # NaN: unknown
-    return Prepared(observed, options, preset, operator, y, z, net, ref, height, width, noise_sigma, floor)
+    return Prepared(observed, options, preset, operator, y, z, net, ref, height, width, noise_sigma, floor,
+                    mask if options.task == "archive" else None)
 
 
 def finish(job: Prepared, result: FitResult) -> Restoration:
     """Step 4 of ``restore``: score against the reference, carry alpha through."""
     options, observed, ref, y = job.options, job.observed, job.reference, job.y
     baselines = {}
-    if ref is not None and options.task in ("denoise", "sr", "inpaint", "jpeg"):
-        baselines["baseline"] = degraded_input(job.operator, y.cpu())
+    if ref is not None and options.task in ("denoise", "sr", "inpaint", "jpeg", "archive"):
+        seen = observed.pixels if options.task == "archive" else y.cpu()  # archive: the scan as it came
+        baselines["baseline"] = degraded_input(job.operator, seen)
         if options.tv_baseline:
             baselines["tv"] = tv_restore(job.operator.cpu().float(), y.cpu().float())
     metrics = {**score(options.task, result.image, ref, observed.pixels, baselines),
                "noise_sigma": job.noise_sigma}
+    if job.mask is not None:
+        metrics["defect_fraction"] = _masked_fraction(job.mask)
     picture = Picture(pixels=result.image, alpha=_resize_alpha(observed.alpha, job.height, job.width),
                       bit_depth=observed.bit_depth,
                       metadata=_scaled_dpi(observed.metadata, job.height / observed.height))
-    return Restoration(picture=picture, fit=result, preset=job.preset, metrics=metrics)
+    return Restoration(picture=picture, fit=result, preset=job.preset, metrics=metrics, mask=job.mask)
+
+
+def archive_mask(observed: Picture, options: Options, mask: Picture | None) -> Picture:
+    """The mask an archive fit uses (white = kept): the dust and scratches found
+    (``pipeline.core.defects``) at ``options.defect_sensitivity``, combined with ``mask`` (a pixel
+    black in either is filled) or, with ``options.mask_mode`` "replace", ``mask`` alone."""
+    if mask is not None and options.mask_mode == "replace":
+        return mask
+    keep = torch.from_numpy(detect_defects(observed.pixels, sensitivity=options.defect_sensitivity).keep)
+    pixels = keep.float()[None, None]  # (1, 1, H, W)
+    if mask is not None:
+        pixels = pixels * (mask.pixels.mean(dim=1, keepdim=True) > 0.5).float()
+    return Picture(pixels=pixels, alpha=None, bit_depth=8)
 
 
 def build_operator(options: Options, observed: Picture, mask: Picture | None) -> Operator:
@@ -179,7 +209,7 @@ def build_operator(options: Options, observed: Picture, mask: Picture | None) ->
         return Operator()
     if task == "sr":
         return SuperResolution(options.scale, channels=c)
-    if task == "inpaint":
+    if task in ("inpaint", "archive"):
         return Inpainting(mask.pixels.mean(dim=1, keepdim=True))
     if task == "invert":
         if c != 3:
@@ -353,6 +383,11 @@ def _check_reference(reference: Picture | None, channels: int, height: int, widt
 def _noise_sigma(picture: Picture) -> float | None:
     """σ̂ of the picture, 0-255 units; None for an image too small to tell noise from content."""
     return estimate_noise(picture.pixels).sigma if min(picture.height, picture.width) >= 8 else None
+
+
+def _masked_fraction(mask: Picture) -> float:
+    """The share of pixels a mask (white = kept) leaves to fill."""
+    return float((mask.pixels.mean(dim=1) <= 0.5).float().mean())
 
 
 def _scaled_dpi(metadata: Metadata, factor: float) -> Metadata:
