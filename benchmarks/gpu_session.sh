@@ -12,6 +12,8 @@
 #   speed    fit_speed.py with its ablations (ABLATIONS picks them)         ~300 s
 #   stoprules  stop_rules.py: every stopping rule on the full-size denoising suite, 3000 iterations,
 #            replayed from recorded fits (STOP_IMAGES=F16,... picks images)   ~400 s
+#   archive  archive.py: archive against denoise at full size, the paper's network, 3000 iterations
+#            (ARCHIVE_IMAGES=F16,... picks images; default three)                ~450 s
 # Results go to $OUT (default benchmarks/results), the log to $OUT/session.log.
 #
 #   OUT=/tmp/out STEPS="tests profile es" bash benchmarks/gpu_session.sh
@@ -51,6 +53,9 @@ for name in ${STEPS:-tests profile layers es pack speed}; do
         stoprules) step 420 $PY benchmarks/stop_rules.py --preset denoise --size 0 --iterations 3000 --device cuda \
                        ${STOP_IMAGES:+--images "$STOP_IMAGES"} \
                        --out "$OUT/stop_rules_denoise_full_$($PY -c 'import torch; print(torch.cuda.get_device_name().lower().replace(" ", "-"))').json" ;;
-        *) echo "unknown step $name (expected tests, profile, profile-align, layers, es, pack, speed, stoprules)"; exit 2 ;;
+        archive) step 480 $PY benchmarks/archive.py --parts fits --preset archive --size 0 --iterations 3000 \
+                     --device cuda --workers 1 --images "${ARCHIVE_IMAGES:-F16,kodim03,peppers}" \
+                     --out "$OUT/archive_archive_full_$($PY -c 'import torch; print(torch.cuda.get_device_name().lower().replace(" ", "-"))').json" ;;
+        *) echo "unknown step $name (expected tests, profile, profile-align, layers, es, pack, speed, stoprules, archive)"; exit 2 ;;
     esac
 done

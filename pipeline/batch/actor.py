@@ -31,6 +31,7 @@ class _Item:
     row: dict  # the result row being built
     clock: float
     inputs: dict = field(default_factory=dict)  # restore()'s keyword arguments once loaded
+    truth: object = None  # the loaded Inputs (an evaluation's true defect mask and noise level)
 
 
 class FitActor:
@@ -78,9 +79,10 @@ class FitActor:
 
         job, options = item.job, item.options
         item.row["preset"] = options.resolve().name
-        return load_inputs(job.uri, mask_uri=job.mask_uri, reference_uri=job.reference_uri, guide_uri=job.guide_uri,
-                           degradation=job.degradation, seed=options.seed, storage_options=self.storage_options,
-                           max_pixels=self.max_pixels).restore_kwargs()
+        item.truth = load_inputs(job.uri, mask_uri=job.mask_uri, reference_uri=job.reference_uri,
+                                 guide_uri=job.guide_uri, degradation=job.degradation, seed=options.seed,
+                                 storage_options=self.storage_options, max_pixels=self.max_pixels)
+        return item.truth.restore_kwargs()
 
     def fit(self, group: list[_Item]) -> None:
         """Fit a group (packed when it has several images), then write each image's outputs."""
@@ -109,14 +111,21 @@ class FitActor:
             self.write(item, restored=restored)
 
     def write(self, item: _Item, *, restored=None, error: BaseException | None = None, packed: int = 1) -> None:
-        """The restored image (PNG or TIFF, ``output_format``; with its metadata and provenance) and
-        its result row (``packed``: images in its fit)."""
+        """The restored image (PNG or TIFF, ``output_format``; with its metadata and provenance), the
+        archive mask (``masks/<image_id>.png``) and the result row (``packed``: images in its fit)."""
         row, job = item.row, item.job
         if restored is not None:
             try:
                 fmt = batch_format(self.output_format, restored.picture.metadata.format)
                 url = storage.join(self.output, "restored", f"{storage.safe_key(job.image_id)}{SUFFIX[fmt]}")
                 storage.write_bytes(url, _encode(restored, fmt, item), self.storage_options)
+                if restored.mask is not None:
+                    from ..core.encoding import encode
+
+                    mask_url = storage.join(self.output, "masks", f"{storage.safe_key(job.image_id)}.png")
+                    storage.write_bytes(mask_url, encode(restored.mask, "png"), self.storage_options)
+                    row["mask_output_uri"] = mask_url
+                row.update(item.truth.truth_scores(restored.mask))
                 summary = restored.summary()
                 row.update({k: summary[k] for k in (*restored.metrics, "iterations", "best_iteration",
                                                     "stopped_early", "backtracks", "seconds", "stop_rule")})

@@ -26,6 +26,18 @@ class Inputs:
     guide: Picture | None = None
     task: str | None = None  # the degradation's task (None: no degradation)
     scale: int | None = None  # the degradation's scale (downsample:S)
+    defects: Picture | None = None  # archive:/grain: the true defect mask (white = clean), for scoring only
+    sigma: float | None = None  # archive:/grain: the grain's true RMS, 0-255 units
+
+    def truth_scores(self, mask: Picture | None) -> dict:
+        """The restoration's defect ``mask`` against the true one, and the true noise level:
+        ``mask_precision``, ``mask_recall``, ``mask_iou``, ``noise_sigma_true`` ({} without them)."""
+        from ..core.metrics import mask_scores
+
+        scores = {} if self.sigma is None else {"noise_sigma_true": self.sigma}
+        if self.defects is not None and mask is not None:
+            scores.update(mask_scores(mask.pixels, self.defects.pixels))
+        return scores
 
     def restore_kwargs(self) -> dict:
         return {"observed": self.observed, "mask": self.mask, "reference": self.reference, "guide": self.guide}
@@ -40,7 +52,7 @@ def load_inputs(uri: str, *, mask_uri: str | None = None, reference_uri: str | N
                 guide_uri: str | None = None, degradation: str | None = None, seed: int = 0,
                 storage_options: dict | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Inputs:
     """The pictures a row names, decoded. With ``degradation`` (``noise:25``, ``downsample:4``,
-    ``mask:bernoulli:0.5``, ``jpeg:10``) ``uri`` is the clean image: it becomes the reference and
+    ``mask:bernoulli:0.5``, ``jpeg:10``, ``archive:12``) ``uri`` is the clean image: it becomes the reference and
     the observation is made from it, seeded by ``seed`` (a made mask replaces ``mask_uri``'s)."""
 
     def load(url: str | None) -> Picture | None:
@@ -52,4 +64,5 @@ def load_inputs(uri: str, *, mask_uri: str | None = None, reference_uri: str | N
         inputs.observed, inputs.reference = synthetic.observed, synthetic.reference
         inputs.mask = synthetic.mask or inputs.mask
         inputs.task, inputs.scale = synthetic.task, synthetic.scale
+        inputs.defects, inputs.sigma = synthetic.defects, synthetic.sigma
     return inputs

@@ -31,7 +31,10 @@ from ..core.options import Options
 
 REQUIRED = ("image_id", "uri")
 OPTIONAL = ("task", "mask_uri", "reference_uri", "guide_uri", "scale", "degradation", "preset", "params", "seed")
-DEGRADATION_TASK = {"noise": "denoise", "downsample": "sr", "mask": "inpaint", "jpeg": "jpeg"}
+DEGRADATION_TASK = {"noise": "denoise", "downsample": "sr", "mask": "inpaint", "jpeg": "jpeg",
+                    "archive": "archive", "grain": "archive"}
+# tasks a row may ask for instead: a synthetic archive scan restored by plain denoising (the comparison)
+DEGRADATION_ALSO = {"archive": ("denoise",), "grain": ("denoise",)}
 MAX_ERRORS_SHOWN = 20
 
 
@@ -151,6 +154,8 @@ def resolve(row: dict, defaults: Options) -> Job:
     if degradation:
         kind, value = parse_degradation(degradation)
         task = DEGRADATION_TASK[kind]
+        if overrides.get("task") in DEGRADATION_ALSO.get(kind, ()):
+            task = overrides["task"]
         if overrides.get("task", task) != task:
             raise ValueError(f"degradation {degradation!r} makes a {task!r} task, but task is {overrides['task']!r}")
         overrides["task"] = task

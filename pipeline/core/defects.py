@@ -10,8 +10,9 @@ morphology, labelling and Hough transform:
    level and spread (the median and median absolute deviation over 16x16 blocks, floored at half
    the image's noise level σ̂) and required to change the pixel by ``MIN_CONTRAST`` or more.
 2. Specks: hysteresis-thresholded top-hat (disc of radius 4: up to about 7 px across), kept where
-   a component is small (``SPECK_AREA``), round, and stands out from the ring around it by
-   ``RING_CONTRAST`` times that ring's spread (a letter of text in a busy area does not).
+   a component is small (``SPECK_AREA``), round and solid, stands out from the ring around it by
+   ``RING_CONTRAST`` times that ring's spread (a detail of busy texture does not), and is not
+   one of a tight group (``CROWD``: the letters of a word, the highlights of a texture).
 3. Scratches: the Hough transform of the thin top-hat (disc of radius 2: lines up to 4 px wide)
    finds long straight lines at any angle; along each, the runs where the line is visible
    (``SCRATCH_LENGTH`` or longer) are kept when the background is the same on both sides (a
@@ -37,12 +38,14 @@ import numpy as np
 SPECK_RADIUS = 4  # the opening's disc for specks: structures up to 2r - 1 = 7 px across
 LINE_RADIUS = 2  # the opening's disc for scratches: lines up to 4 px wide
 BLOCK = 16  # px: the blocks over which the local level and spread of the top-hat are taken
-HIGH, LOW = 6.0, 3.0  # hysteresis thresholds, in local spreads (HIGH divided by the sensitivity)
-MIN_CONTRAST = 0.08  # a defect changes the luminance by at least this much ([0, 1] units) at HIGH
+HIGH, LOW = 9.0, 3.0  # hysteresis thresholds, in local spreads (HIGH divided by the sensitivity)
+MIN_CONTRAST = 0.15  # a defect changes the luminance by at least this much ([0, 1] units) at HIGH
 SPECK_AREA = 60  # px: the largest speck (a 7 px disc with its edge)
 SPECK_ECCENTRICITY = 0.95
+SPECK_SOLIDITY = 0.75  # area / convex hull area: dust is a blob
 RING_CONTRAST = 5.0  # a speck's contrast against the spread of the ring 2-3 px around it
-SCRATCH_LENGTH = 0.3  # a scratch's shortest visible run, as a share of the image's shorter side
+CROWD, CROWD_RADIUS = 2, 12  # a speck with CROWD other candidates within CROWD_RADIUS px is not dust
+SCRATCH_LENGTH = 0.45  # a scratch's shortest visible run, as a share of the image's shorter side
 SCRATCH_MIN_PX = 32  # ... and in px, for small images
 SCRATCH_DENSITY = 0.5  # share of a run's positions (21 px window) where the line stands out
 SYMMETRY = 0.5  # |left - right| of a scratch's background at most this share of its contrast
@@ -143,8 +146,12 @@ def _specks(labels: np.ndarray, count: int, luma: np.ndarray) -> np.ndarray:
 
     keep = np.zeros(count + 1, dtype=bool)
     h, w = labels.shape
-    for region in regionprops(labels):
+    regions = regionprops(labels)
+    everything = np.array([region.centroid for region in regions]).reshape(-1, 2)  # every candidate's centre
+    for region in regions:
         if region.area > SPECK_AREA or (region.area >= 6 and region.eccentricity > SPECK_ECCENTRICITY):
+            continue
+        if region.area >= 10 and region.solidity < SPECK_SOLIDITY:  # a letter's stroke, not a blob
             continue
         top, left, bottom, right = region.bbox
         top, left, bottom, right = max(top - 4, 0), max(left - 4, 0), min(bottom + 4, h), min(right + 4, w)
@@ -155,7 +162,11 @@ def _specks(labels: np.ndarray, count: int, luma: np.ndarray) -> np.ndarray:
         if around.size == 0:
             continue
         spread = 1.4826 * np.median(np.abs(around - np.median(around))) + 1e-6
-        keep[region.label] = abs(np.median(patch[inside]) - np.median(around)) >= RING_CONTRAST * spread
+        if abs(np.median(patch[inside]) - np.median(around)) < RING_CONTRAST * spread:
+            continue
+        # dust is scattered: one of a tight group of candidates is texture or text
+        distances = np.sqrt(((everything - np.asarray(region.centroid)) ** 2).sum(axis=1))
+        keep[region.label] = (distances <= CROWD_RADIUS).sum() - 1 < CROWD
     return keep
 
 

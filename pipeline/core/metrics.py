@@ -151,3 +151,15 @@ def score(task: str, restored: torch.Tensor, reference: torch.Tensor | None, obs
         if y_protocol:
             metrics[f"psnr_y_{name}"] = psnr_y(to_uint8(image), to_uint8(reference))
     return metrics
+
+
+def mask_scores(found: ArrayLike, truth: ArrayLike) -> dict:
+    """How well a defect mask ``found`` matches the true one (both in the ``--mask`` convention,
+    white = kept; any shape that broadcasts, e.g. [1, 1, H, W]): precision, recall and IoU of the
+    defect (black) pixels. Precision is None when nothing was masked, recall when there was no defect."""
+    masked, defect = np.asarray(found) <= 0.5, np.asarray(truth) <= 0.5
+    hits = int((masked & defect).sum())
+    n_masked, n_defect, union = int(masked.sum()), int(defect.sum()), int((masked | defect).sum())
+    return {"mask_precision": hits / n_masked if n_masked else None,
+            "mask_recall": hits / n_defect if n_defect else None,
+            "mask_iou": hits / union if union else None}

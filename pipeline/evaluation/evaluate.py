@@ -2,9 +2,9 @@
 
 ``dip evaluate SUITE`` builds the manifest here, writes it to
 ``<output>/evaluation_manifest.parquet`` and runs it through the same batch job as ``dip run``;
-``dip report`` reads the results back. Every row carries two extra columns, ``suite`` and
-``paper_psnr`` (the paper's DIP figure for the suite, where it gives one), which the batch job
-carries into the results table.
+``dip report`` reads the results back. Every row carries three extra columns, ``suite``,
+``subset`` (archive-synthetic: ``defects`` or ``clean``) and ``paper_psnr`` (the paper's DIP
+figure for the suite, where it gives one), which the batch job carries into the results table.
 """
 
 from __future__ import annotations
@@ -14,13 +14,13 @@ import json
 import posixpath
 
 from .. import storage
-from ..batch.manifest import manifest_id
+from ..batch.manifest import derive_seed, manifest_id
 from ..core.formats import IMAGE_SUFFIXES
 from ..core.operators import parse_degradation
-from .suites import DENOISE_COLOR, INPAINT_SAMPLES, PAPER, SET5, SUITES
+from .suites import ARCHIVE_SIGMAS, ARCHIVE_TASKS, DENOISE_COLOR, INPAINT_SAMPLES, PAPER, SET5, SUITES
 
-COLUMNS = ("image_id", "uri", "task", "degradation", "reference_uri", "mask_uri", "preset", "params",
-           "suite", "paper_psnr")
+COLUMNS = ("image_id", "uri", "task", "degradation", "reference_uri", "mask_uri", "preset", "params", "seed",
+           "suite", "subset", "paper_psnr")
 MANIFEST_NAME = "evaluation_manifest.parquet"
 
 
@@ -50,7 +50,8 @@ def build_rows(suite: str, data: str, output: str, *, preset: str | None = None,
         parse_degradation(degradation)  # raises ValueError naming the bad spec
 
     # 2. The suite's images, with their paper presets.
-    rows = _suite_rows(suite, data, degradation, storage_options)[:limit]
+    per_image = 2 * len(ARCHIVE_TASKS) if suite == "archive-synthetic" else 1  # rows of one image
+    rows = _suite_rows(suite, data, degradation, storage_options)[:None if limit is None else limit * per_image]
 
     # 3. Crops (or a check that the originals are there), then the columns every row carries.
     paper_psnr = PAPER[suite].get("dip")
@@ -87,6 +88,13 @@ def _suite_rows(suite: str, data: str, degradation: str | None, storage_options:
         folder = "denoise_color_sigma25"
         return [{"image_id": name, "uri": at(folder, f"{name}_noisy.png"), "task": "denoise",
                  "reference_uri": at(folder, f"{name}_GT.png"), "preset": "denoise"} for name in DENOISE_COLOR]
+    if suite == "archive-synthetic":  # both tasks see one observation: the seed is per image and subset
+        folder = "denoise_color_sigma25"
+        return [{"image_id": f"{name}-{kind}{sigma}-{task}", "uri": at(folder, f"{name}_GT.png"), "task": task,
+                 "degradation": f"{kind}:{sigma}", "preset": task, "subset": subset,
+                 "seed": derive_seed(0, f"{name}-{kind}{sigma}")}
+                for i, name in enumerate(DENOISE_COLOR) for sigma in [ARCHIVE_SIGMAS[i % len(ARCHIVE_SIGMAS)]]
+                for kind, subset in (("archive", "defects"), ("grain", "clean")) for task in ARCHIVE_TASKS]
     if suite == "inpaint-samples":
         folder = ("samples", "inpainting")
         return [{"image_id": name, "uri": at(*folder, f"{name}.png"), "task": "inpaint",
@@ -125,7 +133,8 @@ def write_manifest(rows: list[dict], output: str, storage_options: dict | None =
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    schema = pa.schema([(c, pa.float64() if c == "paper_psnr" else pa.string()) for c in COLUMNS])
+    kinds = {"paper_psnr": pa.float64(), "seed": pa.int64()}
+    schema = pa.schema([(c, kinds.get(c, pa.string())) for c in COLUMNS])
     sink = pa.BufferOutputStream()
     pq.write_table(pa.Table.from_pylist(rows, schema), sink)
     url = storage.join(output, MANIFEST_NAME)

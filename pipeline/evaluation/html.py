@@ -1,7 +1,8 @@
 """The self-contained ``report.html`` of ``dip report``: tables, thumbnails and plots in one file.
 
 Every image is embedded as a base64 PNG data URI, so the page opens anywhere (no network, no
-side files). Per image: a strip degraded | restored | reference. The degraded input is what the
+side files). Per image: a strip degraded | restored | reference (archive rows: degraded | defect mask | restored
+| reference). The degraded input is what the
 fit saw, rebuilt from the run's plan (``runs/<run_id>.plan.parquet``): the file itself, times
 the mask for inpainting, or ``synthesize(clean, degradation, seed)`` for rows with a degradation.
 Plots (matplotlib, Agg): PSNR against iteration from each row's ``history``, and a histogram of
@@ -25,6 +26,8 @@ from .summary import LABELS, NOTE, cell, paper_figures, paper_metric, shown_colu
 
 THUMB = 192  # thumbnail size, pixels on the long side
 MAX_CURVES = 12  # lines per PSNR-versus-iteration plot
+ARCHIVE_METRICS = (("noise_sigma", ".1f"), ("noise_sigma_true", ".1f"), ("defect_fraction", ".4f"),
+                   ("mask_precision", ".2f"), ("mask_recall", ".2f"))
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 24px; color: #222; background: #fff; }
@@ -121,13 +124,19 @@ def _image_strip(output: str, row: dict, plans: dict, storage_options: dict | No
         restored = read_picture(row["output_uri"], storage_options).pixels if row.get("output_uri") else None
     except (OSError, ValueError) as error:
         notes.append(f"restored image unavailable: {error}")
-    figures = "".join(_figure(pixels, label) for pixels, label in
-                      ((degraded, "degraded"), (restored, "restored"), (reference, "reference")))
+    shown = [(degraded, "degraded"), (restored, "restored"), (reference, "reference")]
+    if row.get("mask_output_uri"):  # archive: the defects found (black = filled)
+        try:
+            shown.insert(1, (read_picture(row["mask_output_uri"], storage_options).pixels, "defect mask"))
+        except (OSError, ValueError) as error:
+            notes.append(f"mask unavailable: {error}")
+    figures = "".join(_figure(pixels, label) for pixels, label in shown)
     metrics = ", ".join(f"{name} {row[name]:.2f}" for name in ("psnr", "psnr_y", "psnr_input", "psnr_baseline",
                                                                 "psnr_y_baseline", "psnr_tv", "psnr_y_tv")
                         if row.get(name) is not None and math.isfinite(row[name]))
     if row.get("ssim") is not None:
         metrics += f", ssim {row['ssim']:.3f}"
+    metrics += "".join(f", {name} {row[name]:{form}}" for name, form in ARCHIVE_METRICS if row.get(name) is not None)
     timing = f"{row.get('iterations') or 0} iterations in {row.get('seconds') or 0:.1f} s on {row.get('device') or '?'}"
     return (f"<div class='image'><h3>{e(row['image_id'])} <span class='note'>({e(row.get('suite') or '-')}, "
             f"{e(row.get('task') or '')}, {e(row.get('preset') or '')})</span></h3>"

@@ -4,7 +4,10 @@
 configuration; ties by ``attempt``). ``summarize`` gives per suite and task: images ok/failed;
 mean and median PSNR, psnr_y (super-resolution) and SSIM; each baseline's mean (the input,
 bicubic or the input, the TV prior); the difference to the paper's figure (``paper_psnr``, on
-the suite's paper metric); GPU- and CPU-seconds.
+the suite's paper metric); GPU- and CPU-seconds. Where the rows have them: the oracle's PSNR (the
+best along each fit's history, which needs the reference), the mean iterations, the noise level's
+relative error (σ̂ against the true grain) and the defect mask's precision, recall and IoU
+(archive-synthetic, whose ``subset`` column, ``defects`` or ``clean``, splits its groups).
 
 All PSNR figures are dB, SSIM in [0, 1]. Infinite values (an input equal to its reference, as in
 the inpaint-samples suite) are left out of the means.
@@ -28,13 +31,17 @@ SUMMARY_COLUMNS = (
     *(f"{m}_{s}" for m in METRICS for s in ("mean", "median")),
     *(f"{b}_mean" for b in BASELINES),
     "paper_metric", "paper_psnr", "paper_delta", "gpu_seconds", "cpu_seconds",
+    "psnr_oracle_mean", "iterations_mean", "sigma_error_mean", "mask_precision_mean", "mask_recall_mean",
+    "mask_iou_mean", "defect_fraction_mean",
 )  # fmt: skip
 LABELS = {  # headings for the terminal and Markdown tables
     "psnr_mean": "PSNR", "psnr_median": "PSNR median", "psnr_y_mean": "PSNR-Y", "psnr_y_median": "PSNR-Y median",
     "ssim_mean": "SSIM", "ssim_median": "SSIM median", "psnr_input_mean": "input PSNR",
     "psnr_baseline_mean": "baseline PSNR", "psnr_y_baseline_mean": "baseline PSNR-Y", "psnr_tv_mean": "TV PSNR",
     "psnr_y_tv_mean": "TV PSNR-Y", "paper_psnr": "paper DIP", "paper_delta": "DIP - paper",
-    "gpu_seconds": "GPU s", "cpu_seconds": "CPU s",
+    "gpu_seconds": "GPU s", "cpu_seconds": "CPU s", "psnr_oracle_mean": "oracle PSNR",
+    "iterations_mean": "iterations", "sigma_error_mean": "noise error", "mask_precision_mean": "mask precision",
+    "mask_recall_mean": "mask recall", "mask_iou_mean": "mask IoU", "defect_fraction_mean": "masked share",
 }
 NOTE = ("PSNR in dB, the latest attempt of each image. Baseline: bicubic for super-resolution, the degraded "
         "input otherwise; TV: the TV prior with the same data term. 'DIP - paper' on the suite's paper metric "
@@ -60,14 +67,23 @@ def finite(values) -> list[float]:
 
 
 def paper_metric(suite: str, task: str) -> str:
-    return PAPER_METRIC.get(suite) or ("psnr_y" if task == "sr" else "psnr")
+    return PAPER_METRIC.get(suite.split("/")[0]) or ("psnr_y" if task == "sr" else "psnr")
+
+
+def oracle_psnr(row: dict) -> float | None:
+    """The best PSNR against the reference along a row's recorded history (None without one)."""
+    import json
+
+    values = finite(h.get("psnr_reference") for h in json.loads(row.get("history") or "[]"))
+    return max(values) if values else None
 
 
 def summarize(rows: list[dict]) -> list[dict]:
     """Per (suite, task), the figures of ``SUMMARY_COLUMNS`` (None where there is nothing to average)."""
     groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
     for row in rows:
-        groups[(row.get("suite") or NO_SUITE, row.get("task") or "?")].append(row)
+        suite = row.get("suite") or NO_SUITE
+        groups[(f"{suite}/{row['subset']}" if row.get("subset") else suite, row.get("task") or "?")].append(row)
     summary = []
     for (suite, task), members in sorted(groups.items()):
         ok = [r for r in members if r["status"] == "ok"]
@@ -84,6 +100,17 @@ def summarize(rows: list[dict]) -> list[dict]:
         mean = entry[f"{metric}_mean"]
         entry.update(paper_metric=metric, paper_psnr=papers[0] if papers else None,
                      paper_delta=mean - papers[0] if papers and mean is not None else None)
+        extras = {
+            "psnr_oracle_mean": [oracle_psnr(r) for r in ok],
+            "iterations_mean": [r.get("iterations") for r in ok],
+            "sigma_error_mean": [abs(r["noise_sigma"] / r["noise_sigma_true"] - 1) for r in ok
+                                 if r.get("noise_sigma") is not None and r.get("noise_sigma_true")],
+            **{f"{name}_mean": [r.get(name) for r in ok]
+               for name in ("mask_precision", "mask_recall", "mask_iou", "defect_fraction")},
+        }
+        for column, values in extras.items():
+            values = finite(values)
+            entry[column] = statistics.fmean(values) if values else None
         seconds = [(r.get("device") or "", r.get("seconds") or 0.0) for r in members]
         entry["gpu_seconds"] = sum((s for device, s in seconds if device.startswith("cuda")), 0.0)
         entry["cpu_seconds"] = sum((s for device, s in seconds if device == "cpu"), 0.0)
@@ -109,8 +136,10 @@ def cell(entry: dict, column: str) -> str:
         return ""
     if column == "paper_delta":
         return f"{value:+.2f}"
-    if column.startswith("ssim"):
+    if column.startswith(("ssim", "mask_", "sigma_error", "defect_fraction")):
         return f"{value:.3f}"
+    if column == "iterations_mean":
+        return f"{value:.0f}"
     if isinstance(value, float):
         return f"{value:.1f}" if column.endswith("seconds") else f"{value:.2f}"
     return str(value)

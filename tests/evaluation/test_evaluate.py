@@ -51,7 +51,7 @@ def test_paper_figures_are_the_papers():
     assert suites.PAPER["set5-x4"] == {"dip": 29.90, "bicubic": 28.43, "tv": 28.86}
     assert suites.PAPER["denoise-color-25"] == {"dip": 30.43, "cbm3d": 31.42}
     assert suites.PAPER_METRIC == {"set5-x4": "psnr_y", "denoise-color-25": "psnr", "inpaint-samples": "psnr",
-                                     "folder": "psnr"}
+                                     "archive-synthetic": "psnr", "folder": "psnr"}
     assert set(suites.PAPER) == set(suites.SUITES)
 
 
@@ -90,6 +90,24 @@ def test_inpaint_rows_use_the_image_as_reference_and_their_paper_presets(tmp_pat
     for r in rows:
         assert r["task"] == "inpaint" and r["uri"] == r["reference_uri"] and r["paper_psnr"] is None
         assert r["mask_uri"].endswith(f"inpainting/{r['image_id']}_mask.png")
+
+
+def test_archive_rows_restore_each_scan_both_ways_from_one_observation(tmp_path):
+    data = fake_data(tmp_path / "data")
+    rows = evaluate.build_rows("archive-synthetic", str(data), str(tmp_path / "out"))
+    assert len(rows) == 9 * 2 * 2
+    f16 = [r for r in rows if r["image_id"].startswith("F16-")]
+    assert [(r["image_id"], r["task"], r["degradation"], r["subset"]) for r in f16] == [
+        ("F16-archive5-archive", "archive", "archive:5", "defects"), ("F16-archive5-denoise", "denoise", "archive:5",
+                                                                       "defects"),
+        ("F16-grain5-archive", "archive", "grain:5", "clean"), ("F16-grain5-denoise", "denoise", "grain:5", "clean")]
+    assert f16[0]["seed"] == f16[1]["seed"] != f16[2]["seed"] == f16[3]["seed"]  # one observation per scan
+    assert {r["degradation"] for r in rows if r["image_id"].startswith("baboon-")} == {"archive:12", "grain:12"}
+    assert all(r["uri"].endswith("_GT.png") for r in rows)
+    assert len(evaluate.build_rows("archive-synthetic", str(data), str(tmp_path / "out"), limit=2)) == 8
+    jobs = [manifest.resolve(row, Options()) for row in rows[:4]]  # the batch job takes them
+    assert [j.options.task for j in jobs] == ["archive", "denoise", "archive", "denoise"]
+    assert jobs[0].options.seed == f16[0]["seed"]
 
 
 def test_limit_keeps_the_first_images_and_crop_writes_centre_crops(tmp_path):
@@ -158,7 +176,7 @@ def test_the_manifest_passes_the_batch_jobs_checks_and_carries_suite_columns(tmp
     baby, kate = jobs["baby"], jobs["kate"]
     assert (baby.options.task, baby.options.scale, baby.options.preset, baby.options.tv_baseline) == (
         "sr", 4, "sr-x4", True)
-    assert baby.extra == {"suite": "set5-x4", "paper_psnr": 29.90}
+    assert baby.extra == {"suite": "set5-x4", "subset": None, "paper_psnr": 29.90}
     assert (kate.options.task, kate.options.preset, kate.mask_uri is not None) == ("inpaint", "inpaint-text", True)
 
 
@@ -262,6 +280,29 @@ def test_denoise_suite_end_to_end_beats_the_noisy_input(ray_local, tmp_path):
     images = re.findall(r"<img [^>]*src='([^']*)'", page)
     assert len(images) == 2 * 3 + 2  # two strips (degraded, restored, reference), curves, histogram
     assert all(src.startswith("data:image/png;base64,") for src in images)
+
+
+@needs_shared_data
+def test_archive_suite_end_to_end_scores_masks_noise_and_both_tasks(ray_local, tmp_path):
+    rows, summary, page, printed = evaluate_and_report(
+        ["archive-synthetic", "--limit", "1", "--crop", "96", "--iterations", "60"], tmp_path / "eval")
+    assert set(rows) == {"F16-archive5-archive", "F16-archive5-denoise", "F16-grain5-archive", "F16-grain5-denoise"}
+    for image_id, row in rows.items():
+        assert row["status"] == "ok" and row["noise_sigma_true"] > 0 and row["noise_sigma"] > 0, row
+        if row["task"] == "archive":
+            assert row["mask_output_uri"].endswith(f"masks/{image_id}.png") and row["mask_iou"] is not None
+        else:
+            assert row["mask_output_uri"] is None and row["mask_precision"] is None
+    # one observation per scan: both tasks saw the same input
+    assert rows["F16-archive5-archive"]["psnr_input"] == rows["F16-archive5-denoise"]["psnr_input"]
+    groups = {(s["suite"], s["task"]): s for s in summary}
+    assert set(groups) == {(f"archive-synthetic/{subset}", task) for subset in ("defects", "clean")
+                           for task in ("archive", "denoise")}
+    defects = groups[("archive-synthetic/defects", "archive")]
+    assert float(defects["mask_iou_mean"]) == pytest.approx(rows["F16-archive5-archive"]["mask_iou"], abs=1e-3)
+    assert float(defects["psnr_oracle_mean"]) >= float(defects["psnr_mean"]) - 1e-3
+    assert groups[("archive-synthetic/defects", "denoise")]["mask_iou_mean"] == ""
+    assert page.count("defect mask</figcaption>") == 2 and "mask recall" in printed
 
 
 @needs_shared_data
