@@ -49,7 +49,8 @@ class Options:
                                      flag="--early-stop/--no-early-stop")
     stop_rule: str | None = option(None, "The early-stopping rule: wmv (the moving-variance detector, ES-WMV) or "
                                    "discrepancy (stop once the residual reaches the noise level estimated from the "
-                                   "image). Default: the preset's (wmv).", str, choices=("wmv", "discrepancy"))
+                                   "image). Default: discrepancy for denoise and archive, wmv otherwise.", str,
+                                   choices=("wmv", "discrepancy"))
     seed: int = option(0, "Seed of the network, its input and the jitter (dip run: the base seed; per-image "
                        "seeds derive from it and the image id).", int)
     device: str = option("cpu", "auto, cpu, cuda, cuda:1, ... (auto: CUDA when available).", str, cli_default="auto")
