@@ -72,10 +72,12 @@ def detect_defects(pixels, *, sensitivity: float = 1.0, noise_sigma: float | Non
     sensitivity: > 0, scales the thresholds (higher finds fainter defects and more false ones);
     noise_sigma: σ̂ of the image in 0-255 units where known (default: estimated here).
     """
+    from skimage.filters import apply_hysteresis_threshold
     from skimage.measure import label
     from skimage.morphology import dilation, disk
 
-    if not (isinstance(sensitivity, int | float) and math.isfinite(sensitivity) and sensitivity > 0):
+    number = isinstance(sensitivity, int | float) and not isinstance(sensitivity, bool)
+    if not (number and math.isfinite(sensitivity) and sensitivity > 0):
         raise ValueError(f"defect sensitivity must be a positive number, got {sensitivity!r}")
     array = np.asarray(pixels, dtype=np.float64)
     if array.ndim != 4 or array.shape[0] != 1 or min(array.shape[2:]) < 8:
@@ -93,9 +95,7 @@ def detect_defects(pixels, *, sensitivity: float = 1.0, noise_sigma: float | Non
     specks = scratches = 0
     speck_scores = _tophat_scores(luma, SPECK_RADIUS, sigma, high)
     line_scores = _tophat_scores(luma, LINE_RADIUS, sigma, high)
-    for z, z_line in zip(speck_scores, line_scores, strict=True):
-        from skimage.filters import apply_hysteresis_threshold
-
+    for z, z_line in zip(speck_scores, line_scores, strict=True):  # bright defects, then dark ones
         labels, count = label(apply_hysteresis_threshold(z, low, high), connectivity=2, return_num=True)
         kept = _specks(labels, count, luma)
         lines, n_lines = _scratches(z_line, luma, low, min_length)
