@@ -14,12 +14,16 @@ import json
 import os
 import time
 import traceback
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 from .. import storage
 from ..core.formats import SUFFIX, batch_format
 from ..core.options import Options
 from . import manifest, results
+
+if TYPE_CHECKING:
+    from .inputs import Inputs
 
 OUT_COLUMNS = ("image_id", "status", "error", "psnr", "seconds", "device")
 
@@ -30,8 +34,12 @@ class _Item:
     options: Options
     row: dict  # the result row being built
     clock: float
-    inputs: dict = field(default_factory=dict)  # restore()'s keyword arguments once loaded
-    truth: object = None  # the loaded Inputs (an evaluation's true defect mask and noise level)
+    loaded: Inputs | None = None  # the row's pictures once read (and, for an evaluation, the truth)
+
+    @property
+    def inputs(self) -> dict:
+        """``restore``'s keyword arguments."""
+        return self.loaded.restore_kwargs()
 
 
 class FitActor:
@@ -52,8 +60,8 @@ class FitActor:
         groups: dict = {}
         for item in items:
             try:
-                item.inputs = self.load(item)
-                key = pack_key(item.inputs["observed"], item.options)
+                item.loaded = self.load(item)
+                key = pack_key(item.loaded.observed, item.options)
             except Exception as error:  # noqa: BLE001  (a bad image is an error row)
                 self.write(item, error=error)
                 continue
@@ -73,16 +81,15 @@ class FitActor:
                "run_id": self.run_id, "started_at": utc_now(), "device": options.device}
         return _Item(job, options, row, time.perf_counter())
 
-    def load(self, item: _Item) -> dict:
+    def load(self, item: _Item) -> Inputs:
         """The images of one row, decoded (and degraded, for evaluations), as ``restore`` takes them."""
         from .inputs import load_inputs
 
         job, options = item.job, item.options
         item.row["preset"] = options.resolve().name
-        item.truth = load_inputs(job.uri, mask_uri=job.mask_uri, reference_uri=job.reference_uri,
-                                 guide_uri=job.guide_uri, degradation=job.degradation, seed=options.seed,
-                                 storage_options=self.storage_options, max_pixels=self.max_pixels)
-        return item.truth.restore_kwargs()
+        return load_inputs(job.uri, mask_uri=job.mask_uri, reference_uri=job.reference_uri, guide_uri=job.guide_uri,
+                           degradation=job.degradation, seed=options.seed, storage_options=self.storage_options,
+                           max_pixels=self.max_pixels)
 
     def fit(self, group: list[_Item]) -> None:
         """Fit a group (packed when it has several images), then write each image's outputs."""
@@ -125,7 +132,7 @@ class FitActor:
                     mask_url = storage.join(self.output, "masks", f"{storage.safe_key(job.image_id)}.png")
                     storage.write_bytes(mask_url, encode(restored.mask, "png"), self.storage_options)
                     row["mask_output_uri"] = mask_url
-                row.update(item.truth.truth_scores(restored.mask))
+                row.update(item.loaded.truth_scores(restored.mask))
                 summary = restored.summary()
                 row.update({k: summary[k] for k in (*restored.metrics, "iterations", "best_iteration",
                                                     "stopped_early", "backtracks", "seconds", "stop_rule")})

@@ -31,10 +31,10 @@ from ..core.options import Options
 
 REQUIRED = ("image_id", "uri")
 OPTIONAL = ("task", "mask_uri", "reference_uri", "guide_uri", "scale", "degradation", "preset", "params", "seed")
-DEGRADATION_TASK = {"noise": "denoise", "downsample": "sr", "mask": "inpaint", "jpeg": "jpeg",
-                    "archive": "archive", "grain": "archive"}
-# tasks a row may ask for instead: a synthetic archive scan restored by plain denoising (the comparison)
-DEGRADATION_ALSO = {"archive": ("denoise",), "grain": ("denoise",)}
+# the tasks a degradation's observation may be restored by, its own first (a synthetic archive scan
+# may also be restored by plain denoising, the comparison of the archive-synthetic suite)
+DEGRADATION_TASKS = {"noise": ("denoise",), "downsample": ("sr",), "mask": ("inpaint",), "jpeg": ("jpeg",),
+                     "archive": ("archive", "denoise"), "grain": ("archive", "denoise")}
 MAX_ERRORS_SHOWN = 20
 
 
@@ -153,12 +153,11 @@ def resolve(row: dict, defaults: Options) -> Job:
     degradation = row.get("degradation") or None
     if degradation:
         kind, value = parse_degradation(degradation)
-        task = DEGRADATION_TASK[kind]
-        if overrides.get("task") in DEGRADATION_ALSO.get(kind, ()):
-            task = overrides["task"]
-        if overrides.get("task", task) != task:
-            raise ValueError(f"degradation {degradation!r} makes a {task!r} task, but task is {overrides['task']!r}")
-        overrides["task"] = task
+        tasks = DEGRADATION_TASKS[kind]
+        if overrides.get("task", tasks[0]) not in tasks:
+            raise ValueError(f"degradation {degradation!r} makes a {tasks[0]!r} task, "
+                             f"but task is {overrides['task']!r}")
+        overrides.setdefault("task", tasks[0])
         if kind == "downsample":
             overrides["scale"] = int(value)
     params = row.get("params")

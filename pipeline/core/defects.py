@@ -66,15 +66,15 @@ class Defects:
         return float(1.0 - self.keep.mean())
 
 
-def detect_defects(pixels, *, sensitivity: float = 1.0, noise_sigma: float | None = None) -> Defects:
+def detect_defects(pixels, *, sensitivity: float = 1.0) -> Defects:
     """Dust specks and scratches in ``pixels`` [1, C, H, W] in [0, 1] (a torch tensor or numpy array).
 
-    sensitivity: > 0, scales the thresholds (higher finds fainter defects and more false ones);
-    noise_sigma: σ̂ of the image in 0-255 units where known (default: estimated here).
+    sensitivity: > 0, scales the thresholds (higher finds fainter defects and more false ones).
     """
     from skimage.filters import apply_hysteresis_threshold
     from skimage.measure import label
     from skimage.morphology import dilation, disk
+    from skimage.restoration import estimate_sigma
 
     number = isinstance(sensitivity, int | float) and not isinstance(sensitivity, bool)
     if not (number and math.isfinite(sensitivity) and sensitivity > 0):
@@ -83,11 +83,7 @@ def detect_defects(pixels, *, sensitivity: float = 1.0, noise_sigma: float | Non
     if array.ndim != 4 or array.shape[0] != 1 or min(array.shape[2:]) < 8:
         raise ValueError(f"detect_defects needs pixels [1, C, H, W] with H, W >= 8, got {list(array.shape)}")
     luma = array[0].mean(axis=0)  # (H, W): dust and scratches are grey, they change every channel
-    if noise_sigma is None:
-        from skimage.restoration import estimate_sigma
-        sigma = float(estimate_sigma(luma))
-    else:
-        sigma = noise_sigma / 255 / math.sqrt(array.shape[1])  # the luminance averages the channels
+    sigma = float(estimate_sigma(luma))  # the luminance's own noise level (channels may be correlated)
     high = HIGH / sensitivity
     low = min(LOW, 0.75 * high)  # growth stays above the noise at any sensitivity
     min_length = max(SCRATCH_MIN_PX, int(SCRATCH_LENGTH * min(luma.shape)))

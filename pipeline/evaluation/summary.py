@@ -18,6 +18,7 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import io
+import json
 import math
 import statistics
 from collections import defaultdict
@@ -72,8 +73,6 @@ def paper_metric(suite: str, task: str) -> str:
 
 def oracle_psnr(row: dict) -> float | None:
     """The best PSNR against the reference along a row's recorded history (None without one)."""
-    import json
-
     values = finite(h.get("psnr_reference") for h in json.loads(row.get("history") or "[]"))
     return max(values) if values else None
 
