@@ -62,6 +62,7 @@ def plain_loop(manifest: str, output: str, storage_options: dict | None) -> floa
     torch.set_num_threads(1)
     table = pq.read_table(io.BytesIO(storage.read_bytes(manifest, storage_options))).to_pylist()
     start = time.perf_counter()
+    shards = results.ShardWriter(output, "plain", storage_options)
     for row in table:
         picture = read_picture(row["uri"], storage_options)
         restored = restore(picture, Options(task="denoise", preset="cpu-small", iterations=1, device="cpu"))
@@ -69,8 +70,10 @@ def plain_loop(manifest: str, output: str, storage_options: dict | None) -> floa
 
         storage.write_bytes(storage.join(output, "restored", f"{row['image_id']}.png"),
                             encode_png(restored.picture), storage_options)
-        results.write_row(output, {"image_id": row["image_id"], "status": "ok", "config_hash": "plain",
-                                   "attempt": 1, **restored.summary()}, {}, storage_options)
+        summary = restored.summary()
+        shards.add({"image_id": row["image_id"], "status": "ok", "config_hash": "plain", "attempt": 1,
+                    **{k: v for k, v in summary.items() if k in results.COLUMNS}})
+    shards.flush()
     return time.perf_counter() - start
 
 

@@ -5,6 +5,10 @@ batch of several rows, images that share ``restore.pack_key`` (same options but 
 size) are fitted together by ``restore.restore_many``; if that pack fails, each of its images is
 fitted alone, so a diverging image fails only its own row. A pack that runs out of time is not
 refitted: its images cost the same, so each would run out of time alone too.
+
+Result rows are buffered and written as shards (``results.ShardWriter``: every ``shard_rows`` rows
+or ``shard_seconds`` seconds, and when Ray Data ends the actor); each output row names the shard
+its result goes to, so that the driver can wait for the last ones.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from . import manifest, results
 if TYPE_CHECKING:
     from .inputs import Inputs
 
-OUT_COLUMNS = ("image_id", "status", "error", "psnr", "seconds", "device")
+OUT_COLUMNS = ("image_id", "status", "error", "psnr", "seconds", "device", "shard")
 
 
 @dataclass
@@ -46,12 +50,20 @@ class FitActor:
     """A Ray Data actor: restores the planned images of one batch and writes their outputs."""
 
     def __init__(self, output: str, run_id: str, storage_options: dict, max_pixels: int, threads: int,
-                 output_format: str = "same"):
+                 output_format: str = "same", shard_rows: int = results.SHARD_ROWS,
+                 shard_seconds: float = results.SHARD_SECONDS):
         import torch
 
         torch.set_num_threads(max(1, threads))
         self.output, self.run_id, self.output_format = output, run_id, output_format
         self.storage_options, self.max_pixels = storage_options, max_pixels
+        self.shards = results.ShardWriter(output, run_id, storage_options, rows=shard_rows, seconds=shard_seconds)
+
+    def __del__(self):
+        """Ray Data ends the actor when the dataset is done: write the rows still buffered."""
+        shards = getattr(self, "shards", None)
+        if shards is not None:
+            shards.flush()
 
     def __call__(self, batch: dict) -> dict:
         from ..core.restore import pack_key
@@ -143,13 +155,15 @@ class FitActor:
             row["error"] = _describe(error)
         row["finished_at"] = utc_now()
         row.setdefault("seconds", time.perf_counter() - item.clock)
-        results.write_row(self.output, row, job.extra, self.storage_options)
+        extra = {name: value for name, value in job.extra.items() if name not in results.COLUMNS}
+        row["shard"] = self.shards.add({**extra, **row})
 
     @staticmethod
     def out_row(item: _Item) -> dict:
         row = item.row
         return {"image_id": row["image_id"], "status": row["status"], "error": row.get("error"),
-                "psnr": row.get("psnr"), "seconds": float(row["seconds"]), "device": row["device"]}
+                "psnr": row.get("psnr"), "seconds": float(row["seconds"]), "device": row["device"],
+                "shard": row["shard"]}
 
 
 def _encode(restored, fmt: str, item: _Item) -> bytes:

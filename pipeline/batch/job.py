@@ -1,11 +1,14 @@
 """The batch job: a manifest in, one DIP fit per image on Ray, images and result rows out.
 
 1. Plan (driver): stream the manifest, validate every row, drop images that already have an
-   ``ok`` result for the same configuration, and write the rest to ``runs/<run_id>.plan.parquet``.
+   ``ok`` result for the same configuration (the manifest's keys joined against the done index,
+   ``results.done_index``, in chunks), and write the rest to ``runs/<run_id>.plan.parquet``.
 2. Fit (Ray Data): ``read_parquet(plan) -> map_batches(FitActor, batch_size=pack)`` on an actor
-   pool (``pipeline.batch.actor``); each actor writes its images' PNGs and result rows as soon as
-   their fit ends. With ``pack`` > 1, same-size images of one batch share one packed fit.
-3. Record (driver): ``runs/<run_id>.json``, then ``_SUCCESS`` once every row has a result.
+   pool sized to the cluster, over blocks of up to ``MAX_BLOCK_ROWS`` rows (``pipeline.batch.actor``);
+   each actor writes its images as soon as their fit ends and their rows in shards. With ``pack`` > 1,
+   same-size images of one batch share one packed fit.
+3. Record (driver): wait for the actors' last shards, fold the run's shards (``compact``), write
+   ``runs/<run_id>.json``, then ``_SUCCESS`` once every row has a stored result.
 """
 
 from __future__ import annotations
@@ -24,8 +27,13 @@ from ..core.formats import DEFAULT_MAX_PIXELS
 from ..core.options import Options
 from . import manifest, results
 from .actor import FitActor, plain_value, utc_now
+from .compact import compact
 
 PLAN_ROW_GROUP = 1000
+LOOKUP_ROWS = 100_000  # manifest rows per join against the done index
+MAX_BLOCK_ROWS = 64  # plan rows per Ray Data block at most (fits stay one per image)
+BLOCKS_PER_WORKER = 4  # at least, where the plan has the rows: the last blocks spread over the pool
+SHARD_WAIT_S = 120.0  # how long the driver waits for the shards of rows it has seen
 KEEP_OK, KEEP_FAILED = 50, 1000  # rows the driver keeps for the summary table; the results table has all
 
 
@@ -43,6 +51,9 @@ class RunConfig:
     max_pixels: int = DEFAULT_MAX_PIXELS
     output_format: str = "same"  # restored files: png, tiff, or same (TIFF for a TIFF input, else PNG)
     run_id: str | None = None
+    shard_rows: int = results.SHARD_ROWS  # result rows per shard at most
+    shard_seconds: float = results.SHARD_SECONDS  # and the age of its oldest row at most
+    compact: bool = True  # fold the run's shards into one file at the end
 
     def public(self) -> dict:
         """The configuration as recorded beside the outputs: storage options are left out."""
@@ -58,6 +69,7 @@ class RunSummary:
     skipped: int = 0  # already ok for this configuration
     ok: int = 0
     failed: int = 0
+    unrecorded: int = 0  # rows fitted whose shard never arrived (the actor died): a rerun fits them again
     seconds: float = 0.0
     rows: list[dict] = field(default_factory=list)  # a sample for the summary table: failures first
 
@@ -71,7 +83,7 @@ class RunSummary:
 
     @property
     def complete(self) -> bool:
-        return self.skipped + self.ok + self.failed == self.total
+        return self.skipped + self.ok + self.failed == self.total and not self.unrecorded
 
 
 def start_ray(address: str | None, num_cpus: int | None = None) -> None:
@@ -95,34 +107,55 @@ def new_run_id() -> str:
 def write_plan(config: RunConfig, run_id: str) -> tuple[str, RunSummary]:
     """Step 1: validate the manifest and write the jobs still to do; returns (plan URL, counts)."""
     summary = RunSummary(run_id=run_id)
-    done = results.scan(config.output, config.storage_options)
+    done = results.done_index(config.output, config.storage_options)
     plan_url = storage.join(config.output, "runs", f"{run_id}.plan.parquet")
     schema = pa.schema([(name, pa.string()) for name in (
         "image_id", "uri", "options", "mask_uri", "reference_uri", "guide_uri", "degradation",
         "config_hash", "extra")] + [("attempt", pa.int64())])
-    buffer: list[dict] = []
+    jobs: list[manifest.Job] = []
     sink = pa.BufferOutputStream()
 
     def flush() -> None:
-        if config.pack > 1:  # neighbours share a packed fit: order each chunk by configuration and size
-            buffer.sort(key=_pack_order)
-        writer.write_table(pa.Table.from_pylist(buffer, schema))
-        buffer.clear()
+        ok, attempts = results.lookup(done, [j.image_id for j in jobs], [j.config_hash for j in jobs])
+        todo = [{**job.to_row(), "attempt": attempt + 1}
+                for job, is_ok, attempt in zip(jobs, ok, attempts, strict=True) if config.force or not is_ok]
+        summary.skipped += len(jobs) - len(todo)
+        jobs.clear()
+        for start in range(0, len(todo), PLAN_ROW_GROUP):
+            group = todo[start:start + PLAN_ROW_GROUP]
+            if config.pack > 1:  # neighbours share a packed fit: order each group by configuration and size
+                group.sort(key=_pack_order)
+            writer.write_table(pa.Table.from_pylist(group, schema))
 
     with pq.ParquetWriter(sink, schema) as writer:
         for job in manifest.plan(config.manifest, config.defaults, storage_options=config.storage_options):
             summary.total += 1
-            key = (job.image_id, job.config_hash)
-            if key in done.ok and not config.force:
-                summary.skipped += 1
-                continue
-            buffer.append({**job.to_row(), "attempt": done.next_attempt(*key)})
-            if len(buffer) >= PLAN_ROW_GROUP:
+            jobs.append(job)
+            if len(jobs) >= LOOKUP_ROWS:
                 flush()
-        if buffer:
+        if jobs:
             flush()
     storage.write_bytes(plan_url, sink.getvalue().to_pybytes(), config.storage_options)
     return plan_url, summary
+
+
+def pool_size(config: RunConfig, todo: int, gpus: float, resources: dict) -> int:
+    """Fit actors for the run: as many as the cluster's CPUs (or GPUs) hold, at most ``max_workers``
+    and at most the images to do."""
+    if config.max_workers:
+        fits = config.max_workers
+    elif gpus > 0:
+        fits = int(resources.get("GPU", 0) // gpus)
+    else:
+        fits = int(resources.get("CPU", 1) // max(1, config.cpus_per_fit))
+    return max(1, min(fits, todo))
+
+
+def block_rows(todo: int, workers: int, pack: int) -> int:
+    """Plan rows per Ray Data block: many rows per block on big runs (a million rows must not be a
+    million blocks), at least ``BLOCKS_PER_WORKER`` blocks per actor, whole packs."""
+    packs = todo // (pack * workers * BLOCKS_PER_WORKER)
+    return pack * max(1, min(packs, MAX_BLOCK_ROWS // pack))
 
 
 def _pack_order(row: dict) -> tuple:
@@ -163,33 +196,56 @@ def run(config: RunConfig, on_result: Callable[[dict], None] | None = None,
         fs, path = storage.filesystem(plan_url, config.storage_options)
         from pyarrow.fs import FSSpecHandler, PyFileSystem
 
+        workers = pool_size(config, todo, gpus, ray.cluster_resources())
         dataset = ray.data.read_parquet(path, filesystem=PyFileSystem(FSSpecHandler(fs)))
-        dataset = dataset.repartition(target_num_rows_per_block=1)  # one image per task, streamed
+        dataset = dataset.repartition(target_num_rows_per_block=block_rows(todo, workers, config.pack))
         fitted = dataset.map_batches(
             FitActor,
             fn_constructor_kwargs=dict(output=config.output, run_id=run_id, storage_options=config.storage_options,
                                        max_pixels=config.max_pixels, threads=config.cpus_per_fit,
-                                       output_format=config.output_format),
+                                       output_format=config.output_format, shard_rows=config.shard_rows,
+                                       shard_seconds=config.shard_seconds),
             batch_size=config.pack,
-            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=config.max_workers or max(1, todo)),
+            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=workers),
             num_cpus=config.cpus_per_fit,
             num_gpus=gpus,
         )
+        shards: set[str] = set()
         for row in fitted.iter_rows():
             row = {k: plain_value(v) for k, v in row.items()}
+            shards.add(row["shard"])
             summary.add(row)
             if on_result:
                 on_result(row)
+        summary.unrecorded = len(wait_for_shards(config, shards))
+        if config.compact:
+            compact(config.output, config.storage_options, full=False)
     summary.seconds = time.perf_counter() - clock
     record = {
         "run_id": run_id, "config": config.public(), "counts": {
-            "total": summary.total, "skipped": summary.skipped, "ok": summary.ok, "failed": summary.failed},
+            "total": summary.total, "skipped": summary.skipped, "ok": summary.ok, "failed": summary.failed,
+            "unrecorded": summary.unrecorded},
         "seconds": round(summary.seconds, 3), "finished_at": utc_now().isoformat(), "versions": _versions(),
     }
     storage.write_json(storage.join(config.output, "runs", f"{run_id}.json"), record, config.storage_options)
     if summary.complete:
         storage.write_bytes(storage.join(config.output, "_SUCCESS"), f"{run_id}\n".encode(), config.storage_options)
     return summary
+
+
+def wait_for_shards(config: RunConfig, shards: set[str]) -> set[str]:
+    """Step 3: wait (up to ``SHARD_WAIT_S``) until every shard the run's rows went to is stored: the
+    actors write their last ones as Ray Data ends them. Returns the shards that never came (an actor
+    killed before it wrote them; its images have no row, so a rerun fits them again)."""
+    prefix = storage.join(config.output, "results")
+    deadline = time.monotonic() + SHARD_WAIT_S
+    missing = {url.rsplit("/", 1)[-1] for url in shards}
+    while missing:
+        missing -= {url.rsplit("/", 1)[-1] for url, _ in storage.list_dir(prefix, config.storage_options)}
+        if not missing or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    return missing
 
 
 def _versions() -> dict:

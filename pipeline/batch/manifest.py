@@ -169,16 +169,16 @@ def resolve(row: dict, defaults: Options) -> Job:
         if not isinstance(parsed, dict):
             raise ValueError(f"params must be a JSON object, got {_short(params)}")
         overrides.update(parsed)
-    if "seed" not in overrides:
-        overrides["seed"] = derive_seed(defaults.seed, image_id)
+    seed = overrides.pop("seed") if "seed" in overrides else derive_seed(defaults.seed, image_id)
     if overrides.get("task", defaults.task) != defaults.task and "preset" not in overrides:
         overrides["preset"] = None if defaults.preset != "cpu-small" else "cpu-small"
+    mask_uri = row.get("mask_uri") or None
     try:
-        options = Options.from_dict({**defaults.to_dict(), **overrides})
+        key = json.dumps(overrides, sort_keys=True)
     except TypeError as error:
         raise ValueError(f"bad params: {error}") from None
-    mask_uri = row.get("mask_uri") or None
-    options.check_complete(has_mask=bool(mask_uri or degradation), has_guide=bool(row.get("guide_uri")))
+    template, hashed, fingerprint = _template(defaults, key, bool(mask_uri or degradation), bool(row.get("guide_uri")))
+    options = template.with_seed(seed)
     if degradation and row.get("reference_uri"):
         raise ValueError("give either degradation (the uri is the clean image) or reference_uri, not both")
 
@@ -188,11 +188,25 @@ def resolve(row: dict, defaults: Options) -> Job:
         "uri": uri, "mask_uri": mask_uri, "reference_uri": row.get("reference_uri") or None,
         "guide_uri": row.get("guide_uri") or None, "degradation": degradation,
         # what determines the result: not where it runs, nor how long it may take
-        "options": {**options.hash_dict(), "device": "", "time_limit_s": None}, "preset": preset_fingerprint(options),
+        "options": {**hashed, "seed": seed}, "preset": fingerprint,
     }
     return Job(image_id=image_id, uri=uri, options=options, mask_uri=mask_uri,
                reference_uri=fields["reference_uri"], guide_uri=fields["guide_uri"], degradation=degradation,
                config_hash=config_hash(fields), extra=extra)
+
+
+@lru_cache(maxsize=4096)
+def _template(defaults: Options, overrides: str, has_mask: bool, has_guide: bool) -> tuple[Options, dict, str]:
+    """The options of the rows that differ only in their seed (``overrides``: JSON, no seed), checked
+    once: (options, what the result hash covers of them but the seed, the preset's fingerprint)."""
+    try:
+        options = Options.from_dict({**defaults.to_dict(), **json.loads(overrides)})
+    except TypeError as error:
+        raise ValueError(f"bad params: {error}") from None
+    options.check_complete(has_mask=has_mask, has_guide=has_guide)
+    hashed = {**options.hash_dict(), "device": "", "time_limit_s": None}
+    hashed.pop("seed")
+    return options, hashed, preset_fingerprint(options)
 
 
 def preset_fingerprint(options: Options) -> str:

@@ -1,17 +1,29 @@
-"""The results table: one small Parquet file per image and attempt, under ``<output>/results/``.
+"""The results table: Parquet shards of many rows under ``<output>/results/``, read as one dataset.
 
-Keys are deterministic: ``results/<image_id>/<config_hash>-<attempt>-<status>.parquet``.
-What is done is read from a listing alone (no file is opened), so a rerun of the same
-command skips every image with an ``ok`` result for the same configuration.
+Layout (every key deterministic, every file written whole, atomically):
+
+- ``results/shard-<run_id>-<writer>-<sequence>.parquet``: the rows one fit actor buffered, written
+  every ``SHARD_ROWS`` rows or ``SHARD_SECONDS`` seconds and when the actor ends (``ShardWriter``);
+- ``results/compacted-<stamp>-<n>.parquet``: shards folded into large files (``pipeline.batch.compact``);
+- ``results/<image_id>/<config_hash>-<attempt>-<status>.parquet``: the earlier layout, one file per
+  image and attempt; still read, and folded by compaction.
+
+One row per image and attempt; the columns are ``COLUMNS`` (the large ``history`` column last, so
+that readers that leave it out never decode it) and then the manifest's own columns. A row is
+written after its image, so an image counts as done only once its row is stored.
 """
 
 from __future__ import annotations
 
 import io
-from collections.abc import Iterable
+import time
+import uuid
 from dataclasses import dataclass
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from .. import storage
@@ -33,75 +45,178 @@ COLUMNS = {
     "history": pa.string(),  # JSON list of {iteration, loss, psnr_observation, psnr_reference, seconds}
 }
 STATUSES = ("ok", "error")
+DONE_COLUMNS = ("image_id", "config_hash", "status", "attempt")  # what the resume check reads
+SHARD_ROWS, SHARD_SECONDS = 1000, 60.0  # a shard per this many rows or seconds, whichever comes first
+ROW_GROUP = 10_000
 
 
-def result_key(output: str, image_id: str, config_hash: str, attempt: int, status: str) -> str:
-    return storage.join(output, "results", storage.safe_key(image_id), f"{config_hash}-{attempt:04d}-{status}.parquet")
+def schema(columns) -> pa.Schema:
+    """The schema of some of ``COLUMNS`` (by name), in the order given."""
+    return pa.schema([(name, COLUMNS[name]) for name in columns])
 
 
-def encode_row(row: dict, extra: dict) -> bytes:
-    """One result row (plus the manifest's own columns) as Parquet bytes."""
-    columns = {name: pa.array([row.get(name)], type=kind) for name, kind in COLUMNS.items()}
-    for name, value in extra.items():
-        if name not in columns:
-            columns[name] = pa.array([value])
+def rows_table(rows: list[dict]) -> pa.Table:
+    """Result rows (``COLUMNS`` plus the manifest's own columns, typed by their values) as a table."""
+    extra: dict[str, None] = {}
+    for row in rows:
+        extra.update((name, None) for name in row if name not in COLUMNS)
+    columns = {name: pa.array([row.get(name) for row in rows], type=kind) for name, kind in COLUMNS.items()}
+    for name in extra:
+        columns[name] = pa.array([row.get(name) for row in rows])
+    return pa.table(columns)
+
+
+def table_bytes(table: pa.Table) -> bytes:
     buffer = io.BytesIO()
-    pq.write_table(pa.table(columns), buffer)
+    pq.write_table(table, buffer, compression="zstd", row_group_size=ROW_GROUP)
     return buffer.getvalue()
 
 
-def write_row(output: str, row: dict, extra: dict, storage_options: dict | None = None) -> str:
-    url = result_key(output, row["image_id"], row["config_hash"], row["attempt"], row["status"])
-    storage.write_bytes(url, encode_row(row, extra), storage_options)
-    return url
+class ShardWriter:
+    """Buffers one writer's result rows and writes them as shards: every ``rows`` rows, when the
+    oldest buffered row is ``seconds`` old (checked as rows arrive), and on ``flush()``. A writer
+    killed loses only its buffered rows; their images have no row, so a rerun fits them again."""
+
+    def __init__(self, output: str, run_id: str, storage_options: dict | None = None, *,
+                 rows: int = SHARD_ROWS, seconds: float = SHARD_SECONDS, writer_id: str | None = None):
+        if rows < 1 or seconds <= 0:
+            raise ValueError(f"shard size must be at least 1 row and more than 0 s, got {rows} rows, {seconds} s")
+        self.output, self.run_id, self.storage_options = output, run_id, storage_options
+        self.rows, self.seconds = rows, seconds
+        self.writer_id = writer_id or uuid.uuid4().hex[:8]
+        self.sequence, self.buffer, self.oldest = 0, [], None
+        self.written = 0  # shards written
+
+    def key(self, sequence: int) -> str:
+        name = f"shard-{self.run_id}-{self.writer_id}-{sequence:06d}.parquet"
+        return storage.join(self.output, "results", name)
+
+    def add(self, row: dict) -> str:
+        """Buffer one row (flushing when the shard is full or old enough); returns the shard's URL."""
+        url = self.key(self.sequence)
+        self.buffer.append(row)
+        self.oldest = self.oldest or time.monotonic()
+        if len(self.buffer) >= self.rows or time.monotonic() - self.oldest >= self.seconds:
+            self.flush()
+        return url
+
+    def flush(self) -> None:
+        if not self.buffer:
+            return
+        storage.write_bytes(self.key(self.sequence), table_bytes(rows_table(self.buffer)), self.storage_options)
+        self.sequence, self.buffer, self.oldest, self.written = self.sequence + 1, [], None, self.written + 1
 
 
 @dataclass
-class Done:
-    """What earlier attempts left, per (image_id, config_hash)."""
+class Files:
+    """The result files under an output: the shards and compacted files, and the earlier layout's."""
 
-    ok: set[tuple[str, str]]
-    attempts: dict[tuple[str, str], int]  # highest attempt number seen
+    tables: list[str]
+    legacy: list[str]
 
-    def next_attempt(self, image_id: str, config_hash: str) -> int:
-        return self.attempts.get((image_id, config_hash), 0) + 1
+    @property
+    def all(self) -> list[str]:
+        return self.tables + self.legacy
 
 
-def scan(output: str, storage_options: dict | None = None) -> Done:
-    """Read the results listing (after invalidating any cached listing)."""
-    done = Done(ok=set(), attempts={})
+def list_files(output: str, storage_options: dict | None = None) -> Files:
+    """The result files, from one listing of ``results/`` (and, only where the earlier per-image
+    layout left folders, a recursive listing)."""
     prefix = storage.join(output, "results")
-    if not storage.exists(prefix, storage_options):
-        return done
-    for url in storage.list_files(prefix, storage_options):
-        parsed = parse_key(url)
-        if parsed is None:
-            continue
-        image_id, config_hash, attempt, status = parsed
-        key = (image_id, config_hash)
-        done.attempts[key] = max(done.attempts.get(key, 0), attempt)
-        if status == "ok":
-            done.ok.add(key)
-    return done
+    entries = storage.list_dir(prefix, storage_options)
+    tables = [u for u, folder in entries if not folder and is_table(u)]
+    legacy = []
+    if any(folder for _, folder in entries):
+        legacy = [u for u in storage.list_files(prefix, storage_options) if parse_key(u)]
+    return Files(tables=tables, legacy=legacy)
+
+
+def is_table(url: str) -> bool:
+    name = url.rsplit("/", 1)[-1]
+    return name.endswith(".parquet") and name.startswith(("shard-", "compacted-"))
 
 
 def parse_key(url: str) -> tuple[str, str, int, str] | None:
+    """(image_id, config_hash, attempt, status) of an earlier-layout file; None for anything else."""
     parts = url.rstrip("/").split("/")
-    if len(parts) < 2 or not parts[-1].endswith(".parquet"):
+    if len(parts) < 3 or parts[-3] != "results" or not parts[-1].endswith(".parquet"):
         return None
-    stem = parts[-1][: -len(".parquet")]
-    pieces = stem.split("-")
+    pieces = parts[-1][: -len(".parquet")].split("-")
     if len(pieces) != 3 or pieces[2] not in STATUSES or not pieces[1].isdigit():
         return None
     return parts[-2], pieces[0], int(pieces[1]), pieces[2]
 
 
-def read_table(output: str, storage_options: dict | None = None, urls: Iterable[str] | None = None) -> pa.Table:
-    """All result rows under ``output`` as one table (columns unified across files)."""
-    prefix = storage.join(output, "results")
-    if urls is None:
-        urls = storage.list_files(prefix, storage_options) if storage.exists(prefix, storage_options) else []
-    tables = [pq.read_table(io.BytesIO(storage.read_bytes(u, storage_options))) for u in urls if parse_key(u)]
-    if not tables:
+def dataset(urls: list[str], storage_options: dict | None = None, columns=None) -> pads.Dataset:
+    """The files as one dataset: with ``columns`` (names of ``COLUMNS``, or a schema) only those
+    (missing ones read as nulls); without, every column of every file (schemas unified)."""
+    if not urls:
+        raise ValueError("no result files")
+    fs, _ = storage.arrow_filesystem(urls[0], storage_options)
+    paths = [storage.filesystem(u, storage_options)[1] for u in urls]
+    if columns is None:
+        found = storage.retrying("read", urls[0], lambda: [pq.read_schema(p, filesystem=fs) for p in paths],
+                                 storage_options)
+        wanted = pa.unify_schemas(found, promote_options="permissive")
+        known = [pa.field(n, k) for n, k in COLUMNS.items()]
+        wanted = pa.schema(known + [f for f in wanted if f.name not in COLUMNS])
+    else:
+        wanted = columns if isinstance(columns, pa.Schema) else schema(columns)
+    return pads.dataset(paths, schema=wanted, format="parquet", filesystem=fs)
+
+
+def read_table(output: str, storage_options: dict | None = None, columns=None) -> pa.Table:
+    """Every result row under ``output`` as one table (for small outputs and tests: reports stream)."""
+    files = list_files(output, storage_options)
+    if not files.all:
         return pa.table({name: pa.array([], type=kind) for name, kind in COLUMNS.items()})
-    return pa.concat_tables(tables, promote_options="permissive")
+    return storage.retrying("read", output, lambda: dataset(files.all, storage_options, columns).to_table(),
+                            storage_options)
+
+
+def done_index(output: str, storage_options: dict | None = None) -> pa.Table:
+    """Per (image_id, config_hash) with any row: ``attempt``, the highest, and ``ok``, whether one
+    attempt succeeded. Reads four columns of the shards and only the names of earlier-layout files."""
+    files = list_files(output, storage_options)
+    parts = []
+    if files.tables:
+        parts.append(storage.retrying("read", output, lambda: dataset(files.tables, storage_options,
+                                                                      DONE_COLUMNS).to_table(), storage_options))
+    if files.legacy:
+        keys = list(zip(*(parse_key(u) for u in files.legacy), strict=True))  # image_id, config_hash, attempt, status
+        parts.append(pa.table({name: pa.array(keys[i], type=COLUMNS[name]) for i, name in
+                               enumerate(("image_id", "config_hash", "attempt", "status"))}).select(DONE_COLUMNS))
+    if not parts:
+        return pa.table({"image_id": pa.array([], pa.string()), "config_hash": pa.array([], pa.string()),
+                         "attempt": pa.array([], pa.int64()), "ok": pa.array([], pa.bool_())})
+    rows = pa.concat_tables(parts)
+    rows = rows.append_column("ok", pc.equal(rows["status"], "ok"))
+    grouped = rows.group_by(["image_id", "config_hash"]).aggregate([("attempt", "max"), ("ok", "any")])
+    return grouped.rename_columns({"attempt_max": "attempt", "ok_any": "ok"})
+
+
+def lookup(done: pa.Table, image_ids: list[str], config_hashes: list[str]) -> tuple[list[bool], list[int]]:
+    """For each (image_id, config_hash): whether it has an ok row, and its highest attempt (0: none),
+    by a join of the keys against ``done_index``'s table."""
+    keys = pa.table({"image_id": pa.array(image_ids, pa.string()), "config_hash": pa.array(config_hashes, pa.string()),
+                     "_position": pa.array(range(len(image_ids)), pa.int64())})
+    joined = keys.join(done, ["image_id", "config_hash"], join_type="left outer").sort_by("_position")
+    return (joined["ok"].fill_null(False).to_pylist(), joined["attempt"].fill_null(0).to_pylist())
+
+
+def first_rows(table: pa.Table, by: list[str], then: list[tuple[str, str]]) -> np.ndarray:
+    """Indices into ``table`` of one row per distinct ``by``: the first once sorted by ``then``
+    (``(column, "ascending" | "descending")``; ties: the earlier row). Sorted by ``by``."""
+    if not len(table):
+        return np.zeros(0, dtype=np.int64)
+    rows = table.select([*by, *dict.fromkeys(name for name, _ in then if name not in by)])
+    rows = rows.append_column("_row", pa.array(np.arange(len(table)))).sort_by(
+        [*((name, "ascending") for name in by), *then, ("_row", "ascending")])
+    n = len(rows)
+    same = pa.array(np.ones(n - 1, dtype=bool))
+    for name in by:
+        column = rows[name].combine_chunks()
+        same = pc.and_(same, pc.fill_null(pc.equal(column.slice(1), column.slice(0, n - 1)),
+                                          pc.and_(column.slice(1).is_null(), column.slice(0, n - 1).is_null())))
+    first = np.concatenate([[True], ~same.to_numpy(zero_copy_only=False)])
+    return rows["_row"].to_numpy()[first]

@@ -4,7 +4,7 @@ or matplotlib): each command imports what it needs when it runs, so ``dip --help
 
     restore            one image (pipeline.cli.restore)
     inspect            a file's metadata and provenance (pipeline.cli.inspect)
-    run, demo, manifest   the batch job on Ray (pipeline.cli.run)
+    run, demo, manifest, compact   the batch job on Ray, and its results folded (pipeline.cli.run)
     submit, status, logs  the batch job as a Ray Job on a cluster (pipeline.cli.submit)
     evaluate, report   the paper's benchmarks through the batch job, and their report (pipeline.cli.evaluate)
 """
@@ -24,8 +24,8 @@ def main():
     """Deep Image Prior restoration: one image, a batch on Ray, evaluations and reports."""
 
 
-for command in (restore.restore, inspect.inspect, run.run, run.demo, run.manifest, submit.submit, submit.status,
-                submit.logs, evaluate.evaluate, evaluate.report):
+for command in (restore.restore, inspect.inspect, run.run, run.demo, run.manifest, run.compact, submit.submit,
+                submit.status, submit.logs, evaluate.evaluate, evaluate.report):
     main.add_command(command)
 
 

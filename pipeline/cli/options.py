@@ -106,6 +106,13 @@ def batch_options(exclude: Iterable[str] = ()) -> Callable:
                  "alpha, ICC profile and metadata kept either way."),
         "storage_options": storage_options_option,
         "run_id": click.option("--run-id", help="Default: a new UTC timestamp id."),
+        "shard_rows": click.option("--shard-rows", type=click.IntRange(1), default=1000, show_default=True,
+                                   help="Result rows per shard that a fit worker writes, at most."),
+        "shard_seconds": click.option("--shard-seconds", type=click.FloatRange(0, min_open=True), default=60.0,
+                                      show_default=True, help="Write a worker's shard once its oldest row is this "
+                                      "old (checked as rows arrive, and when the run ends)."),
+        "compact": click.option("--compact/--no-compact", default=True, show_default=True,
+                                help="Fold the run's shards into one file at the end (dip compact folds all)."),
     }
     return compose(option for name, option in options.items() if name not in leave_out)
 

@@ -138,3 +138,22 @@ def manifest(source, output, task, scale, degradation, preset, storage_options):
     pq.write_table(pa.Table.from_pylist(rows), buffer)
     storage.write_bytes(output, buffer.getvalue(), options)
     click.echo(f"wrote {output}: {len(rows)} images")
+
+
+@click.command("compact")
+@click.argument("output", metavar="URI")
+@storage_options_option
+def compact(output, storage_options):
+    """Fold the result files under URI into a few large ones; superseded attempts go to attempts/."""
+    from ..batch.compact import compact as fold
+
+    options = parse_json_object(storage_options, "--storage-options")
+    try:
+        done = fold(output, options)
+    except (ValueError, OSError) as error:
+        raise click.ClickException(str(error)) from None
+    if not done.written:
+        click.echo(f"{output}: nothing to fold ({done.inputs} result file(s))")
+        return
+    click.echo(f"{output}: {done.inputs} files, {done.rows} rows: {done.kept} kept in "
+               f"{sum('/results/' in u for u in done.written)} file(s), {done.superseded} moved to attempts/")

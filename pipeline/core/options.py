@@ -85,6 +85,15 @@ class Options:
                              f"known: {', '.join(sorted(OPTION_NAMES))}")
         return cls(**values)
 
+    def with_seed(self, seed: int) -> "Options":
+        """These options with another seed; only the seed is checked (the rest already was). A
+        manifest's rows differ in little else, so planning a million of them reuses one check."""
+        check_value(_SEED, seed)
+        copy = object.__new__(Options)
+        copy.__dict__.update(self.__dict__)
+        object.__setattr__(copy, "seed", seed)
+        return copy
+
     def resolve(self) -> Preset:
         """The preset with this request's overrides (iterations, early stopping) applied."""
         return _resolve(self.task, self.preset, self.scale, self.iterations, self.early_stop, self.stop_rule)
@@ -110,6 +119,7 @@ class Options:
 
 
 OPTION_NAMES = tuple(f.name for f in fields(Options))
+_SEED = next(f for f in fields(Options) if f.name == "seed")
 
 
 def check_value(f, value) -> None:

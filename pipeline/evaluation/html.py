@@ -20,6 +20,7 @@ import io
 import json
 import math
 from collections import defaultdict
+from dataclasses import dataclass, field
 
 from .. import storage
 from .summary import LABELS, NOTE, cell, paper_figures, paper_metric, shown_columns
@@ -28,6 +29,20 @@ THUMB = 192  # thumbnail size, pixels on the long side
 MAX_CURVES = 12  # lines per PSNR-versus-iteration plot
 ARCHIVE_METRICS = (("noise_sigma", ".1f"), ("noise_sigma_true", ".1f"), ("defect_fraction", ".4f"),
                    ("mask_precision", ".2f"), ("mask_recall", ".2f"))
+
+
+
+@dataclass
+class View:
+    """What the page shows of a run: the rows are dicts of result columns (``history`` included)."""
+
+    images: int  # images reported (one row each: the latest attempt)
+    shown: list[dict]  # ok rows in (suite, image_id) order: the first max_images, then each group's first MAX_CURVES
+    failures: list[dict]  # the first failures
+    failed: int  # all of them
+    gains: dict  # (suite, task) -> the gains over the baseline (dB), for the histogram
+    done: dict = field(default_factory=dict)  # (suite, task) -> ok images
+
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 24px; color: #222; background: #fff; }
@@ -53,15 +68,15 @@ window.addEventListener("load", function () {
 """
 
 
-def render(output: str, summary: list[dict], rows: list[dict], storage_options: dict | None = None,
+def render(output: str, summary: list[dict], view: View, storage_options: dict | None = None,
            *, max_images: int = 60) -> str:
-    """The whole page as one HTML string (rows: one per image, as ``summary.latest_rows`` gives)."""
+    """The whole page as one HTML string."""
 
     e = html.escape
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>dip report: {e(output)}</title>",
              f"<style>{STYLE}</style><script>{LOADED_SCRIPT}</script></head><body>",
              f"<h1>dip report: {e(output)}</h1>",
-             (f"<p class='note'>{len(rows)} images; generated {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC. "
+             (f"<p class='note'>{view.images} images; generated {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC. "
               f"{e(NOTE)}</p>")]
 
     # 1. The summary table.
@@ -77,22 +92,24 @@ def render(output: str, summary: list[dict], rows: list[dict], storage_options: 
 
     # 2. Plots.
     groups: dict[tuple, list[dict]] = defaultdict(list)
-    for row in rows:
+    for row in view.shown:
         groups[(row.get("suite") or "-", row.get("task") or "?")].append(row)
     parts.append("<h2>PSNR against iteration, and the gain over the baseline</h2><div class='plots'>")
     for (suite, task), members in sorted(groups.items()):
-        png = curves_png(f"{suite} / {task}", members)
+        png = curves_png(f"{suite} / {task}", members[:MAX_CURVES], view.done.get((suite, task), len(members)))
         parts.append(_img(png, f"PSNR curves {suite} {task}", width=480) if png else
                      f"<p class='note'>{e(suite)} / {e(task)}: no history recorded.</p>")
-    gains = histogram_png(groups)
+    gains = histogram_png(view.gains)
     parts.append(_img(gains, "PSNR gains", width=480) if gains else "<p class='note'>No image has both a PSNR and "
                  "a finite baseline PSNR.</p>")
     parts.append("</div>")
 
     # 3. Failures.
-    failures = [r for r in rows if r["status"] != "ok"]
+    failures = view.failures
     if failures:
-        parts.append(f"<h2>Failures ({len(failures)})</h2><table><tr><th class='text'>image</th><th class='text'>"
+        more = (f"<p class='note'>The first {len(failures)} of {view.failed}; failures.csv beside this page lists "
+                "them all.</p>" if view.failed > len(failures) else "")
+        parts.append(f"<h2>Failures ({view.failed})</h2>{more}<table><tr><th class='text'>image</th><th class='text'>"
                      "suite</th><th>attempt</th><th class='text'>error</th></tr>")
         parts += [f"<tr><td class='text'>{e(r['image_id'])}</td><td class='text'>{e(r.get('suite') or '-')}</td>"
                   f"<td>{r.get('attempt') or ''}</td><td class='text error'>{e(r.get('error') or '')}</td></tr>"
@@ -100,11 +117,12 @@ def render(output: str, summary: list[dict], rows: list[dict], storage_options: 
         parts.append("</table>")
 
     # 4. One strip per image: degraded | restored | reference.
-    done = [r for r in rows if r["status"] == "ok"]
+    done = sum(view.done.values()) or len(view.shown)
     parts.append("<h2>Images</h2><p class='note'>degraded (what the fit saw) | restored | reference"
-                 + (f"; the first {max_images} of {len(done)}" if len(done) > max_images else "") + ".</p>")
-    plans: dict[str, dict] = {}
-    for row in done[:max_images]:
+                 + (f"; the first {max_images} of {done}" if done > max_images else "") + ".</p>")
+    strips = view.shown[:max_images]
+    plans = _plans(output, strips, storage_options)
+    for row in strips:
         parts.append(_image_strip(output, row, plans, storage_options))
     parts.append("</body></html>")
     return "\n".join(parts)
@@ -117,7 +135,7 @@ def _image_strip(output: str, row: dict, plans: dict, storage_options: dict | No
     degraded = reference = restored = None
     notes = []
     try:
-        degraded, reference = _inputs(row, _plan(output, row.get("run_id"), plans, storage_options), storage_options)
+        degraded, reference = _inputs(row, plans.get(row.get("run_id"), {}), storage_options)
     except (OSError, ValueError) as error:
         notes.append(f"inputs unavailable: {error}")
     try:
@@ -144,17 +162,30 @@ def _image_strip(output: str, row: dict, plans: dict, storage_options: dict | No
             + "".join(f"<div class='note error'>{e(n)}</div>" for n in notes) + "</div>")
 
 
-def _plan(output: str, run_id: str | None, plans: dict, storage_options: dict | None) -> dict | None:
-    """The planned row per image of run ``run_id`` (read once per run); {} when the plan is gone."""
-    import pyarrow.parquet as pq
+PLAN_COLUMNS = ("image_id", "uri", "mask_uri", "reference_uri", "degradation")
 
-    if not run_id:
-        return {}
-    if run_id not in plans:
+
+def _plans(output: str, rows: list[dict], storage_options: dict | None) -> dict[str, dict]:
+    """Per run: the planned rows of the images shown, read column-pruned and filtered by image id
+    from ``runs/<run_id>.plan.parquet`` (a million-row plan is never read whole); {} where it is gone."""
+    import pyarrow.compute as pc
+    import pyarrow.dataset as pads
+
+    wanted: dict[str, list[str]] = defaultdict(list)
+    for row in rows:
+        if row.get("run_id"):
+            wanted[row["run_id"]].append(row["image_id"])
+    plans = {}
+    for run_id, ids in wanted.items():
         url = storage.join(output, "runs", f"{run_id}.plan.parquet")
-        plans[run_id] = ({r["image_id"]: r for r in pq.read_table(io.BytesIO(storage.read_bytes(url, storage_options)))
-                          .to_pylist()} if storage.exists(url, storage_options) else {})
-    return plans[run_id]
+        if not storage.exists(url, storage_options):
+            plans[run_id] = {}
+            continue
+        fs, path = storage.arrow_filesystem(url, storage_options)
+        table = storage.retrying("read", url, lambda p=path, f=fs, i=ids: pads.dataset(p, filesystem=f).to_table(
+            columns=list(PLAN_COLUMNS), filter=pc.field("image_id").isin(i)), storage_options)
+        plans[run_id] = {r["image_id"]: r for r in table.to_pylist()}
+    return plans
 
 
 def _inputs(row: dict, plan: dict, storage_options: dict | None):
@@ -207,8 +238,9 @@ def _figure_png(fig) -> bytes:
     return buffer.getvalue()
 
 
-def curves_png(title: str, rows: list[dict]) -> bytes | None:
-    """PSNR against the reference (else against the observation) per image, from ``history``."""
+def curves_png(title: str, rows: list[dict], total: int | None = None) -> bytes | None:
+    """PSNR against the reference (else against the observation) per image, from ``history`` (the
+    first ``MAX_CURVES`` rows; ``total``: the group's images, for the title)."""
     from matplotlib.figure import Figure  # no pyplot: an Agg canvas, no global state
 
     curves = []
@@ -227,7 +259,8 @@ def curves_png(title: str, rows: list[dict]) -> bytes | None:
     against = {key for _, key, _ in curves}
     versus = ("reference" if against == {"psnr_reference"} else
               "observation" if against == {"psnr_observation"} else "ref/obs")
-    ax.set(title=title + (f" (first {MAX_CURVES} of {len(curves)})" if len(curves) > MAX_CURVES else ""),
+    total = max(total or 0, len(curves))
+    ax.set(title=title + (f" (first {MAX_CURVES} of {total})" if total > MAX_CURVES else ""),
            xlabel="iteration", ylabel="PSNR (dB) vs " + versus)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncols=2)
@@ -235,27 +268,20 @@ def curves_png(title: str, rows: list[dict]) -> bytes | None:
     return _figure_png(fig)
 
 
-def histogram_png(groups: dict[tuple, list[dict]]) -> bytes | None:
-    """Histogram of the gains over the baseline (dB) of the ok images, on each suite's paper metric
-    (psnr - psnr_baseline; psnr_y - psnr_y_baseline for super-resolution), stacked per suite and task."""
+def histogram_png(gains: dict) -> bytes | None:
+    """Histogram of the gains over the baseline (dB) of the ok images, on each suite's paper metric,
+    stacked per suite and task (``gains``: (suite, task) -> values, as ``summary.gains`` gives)."""
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
-
-    labels, gains = [], []
-    for (suite, task), members in sorted(groups.items()):
-        metric = paper_metric(suite, task)
-        baseline = "psnr_y_baseline" if metric == "psnr_y" else "psnr_baseline"
-        values = [r[metric] - r[baseline] for r in members if r["status"] == "ok" and r.get(metric) is not None
-                  and r.get(baseline) is not None and math.isfinite(r[metric] - r[baseline])]
-        if values:
-            labels.append(f"{suite} / {task}: {metric} ({len(values)})")
-            gains.append(values)
     if not gains:
         return None
+    labels = [f"{suite} / {task}: {paper_metric(suite, task)} ({len(values)})"
+              for (suite, task), values in sorted(gains.items())]
+    values = [values for _, values in sorted(gains.items())]
     fig = Figure(figsize=(4.8, 3.2))
     ax = fig.subplots()
-    ax.hist(gains, bins=min(30, max(5, sum(map(len, gains)))), stacked=True, label=labels)
+    ax.hist(values, bins=min(30, max(5, sum(map(len, values)))), stacked=True, label=labels)
     ax.axvline(0, color="black", linewidth=0.8)
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set(title="Gain over the baseline", xlabel="PSNR - baseline PSNR (dB)", ylabel="images")

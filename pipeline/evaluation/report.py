@@ -1,34 +1,120 @@
 """``dip report``: a run's results as a summary (terminal, CSV, Markdown) and a self-contained HTML page.
 
-1. Read every result row under ``<output>/results/`` and keep each image's latest attempt
-   (``summary.latest_rows``).
-2. Summarise per suite and task (``summary.summarize``).
-3. Write ``summary.csv``, ``summary.md`` and ``report.html`` (``evaluation.html``) under the
-   output prefix, and print the table.
+1. Read the key columns of every result row and choose each image's latest attempt (the latest
+   ``finished_at``, whatever its configuration; ties by ``attempt``), and the images the page
+   shows (the first ``max_images`` done, and each group's first ``MAX_CURVES``).
+2. Stream the rows in record batches, keeping the chosen ones without their ``history`` (only its
+   best PSNR, the oracle, and the whole history of the images shown): memory grows with the
+   images, not with the attempts or the histories.
+3. Summarise per suite and task (``summary.summarize``) and write ``summary.csv``, ``summary.md``,
+   ``report.html`` (``evaluation.html``; at most ``MAX_FAILURES`` failures listed) and, where
+   images failed, ``failures.csv`` with every failure, under the output prefix; print the table.
 """
 
 from __future__ import annotations
 
+import io
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+
 from .. import storage
 from ..batch import results
-from .html import render
-from .summary import latest_rows, print_summary, summarize, to_csv, to_markdown
+from .html import MAX_CURVES, View, render
+from .summary import NO_SUITE, gains, oracle_psnr, print_summary, summarize, to_csv, to_markdown
+
+MAX_FAILURES = 200  # failures listed in the HTML and Markdown (failures.csv has them all)
+EXTRA = {"suite": pa.string(), "subset": pa.string(), "paper_psnr": pa.float64()}  # an evaluation's own columns
+FAILURE_COLUMNS = ("image_id", "suite", "task", "attempt", "run_id", "uri", "error")
+
+
+@dataclass
+class Latest:
+    table: pa.Table  # one row per image, its latest attempt: every column but history, plus psnr_oracle
+    histories: dict[str, str]  # image_id -> history (JSON) of the images the page shows
+    done: dict  # (suite, task) -> ok images
+
+
+def _schema(names) -> pa.Schema:
+    return pa.schema([(n, results.COLUMNS.get(n) or EXTRA[n]) for n in names])
+
+
+def read_latest(output: str, storage_options: dict | None = None, *, max_images: int = 60) -> Latest:
+    """Steps 1 and 2: each image's latest row (sorted by suite and image id) and the shown histories."""
+    files = results.list_files(output, storage_options)
+    if not files.all:
+        raise ValueError(f"no results under {storage.join(output, 'results')}: nothing to report")
+
+    # 1. The latest attempt per image, and the images shown, from the key columns.
+    keys = storage.retrying("read", output, lambda: results.dataset(
+        files.all, storage_options, _schema(("image_id", "finished_at", "attempt", "status", "suite",
+                                             "task"))).to_table(), storage_options)
+    chosen = np.zeros(len(keys), dtype=bool)
+    chosen[results.first_rows(keys, ["image_id"], [("finished_at", "descending"), ("attempt", "descending")])] = True
+    shown = np.zeros(len(keys), dtype=bool)
+    done = np.flatnonzero(chosen & pc.equal(keys["status"], "ok").fill_null(False).to_numpy(zero_copy_only=False))
+    ordered = done[np.lexsort((keys["image_id"].to_numpy(zero_copy_only=False)[done],
+                               pc.fill_null(keys["suite"], NO_SUITE).to_numpy(zero_copy_only=False)[done]))]
+    shown[ordered[:max_images]] = True
+    groups = keys.take(ordered).select(["suite", "task"]).to_pylist()
+    counted: dict = {}
+    for position, group in zip(ordered, groups, strict=True):
+        key = (group["suite"] or NO_SUITE, group["task"] or "?")
+        counted[key] = counted.get(key, 0) + 1
+        shown[position] |= counted[key] <= MAX_CURVES
+
+    # 2. Stream the rows: keep the chosen, without their history.
+    names = [n for n in results.COLUMNS if n != "history"] + list(EXTRA)
+    every = results.dataset(files.all, storage_options, _schema([*names, "history"]))
+    kept, histories, position = [], {}, 0
+    for batch in every.to_batches(batch_size=results.ROW_GROUP):
+        window = slice(position, position + len(batch))
+        position += len(batch)
+        batch = pa.Table.from_batches([batch]).filter(pa.array(chosen[window]))
+        history = batch["history"].to_pylist()
+        scored = pc.is_valid(batch["psnr"]).to_numpy(zero_copy_only=False)
+        oracle = [oracle_psnr(h) if s else None for h, s in zip(history, scored, strict=True)]
+        for image_id, text, show in zip(batch["image_id"].to_pylist(), history, shown[window][chosen[window]],
+                                        strict=True):
+            if show:
+                histories[image_id] = text
+        kept.append(batch.select(names).append_column("psnr_oracle", pa.array(oracle, pa.float64())))
+    if position != len(keys):
+        raise RuntimeError(f"the results under {output} changed while read ({len(keys)} rows, then {position}): "
+                           "report again")
+    table = pa.concat_tables(kept).combine_chunks()
+    order = np.lexsort((table["image_id"].to_numpy(zero_copy_only=False),
+                        pc.fill_null(table["suite"], NO_SUITE).to_numpy(zero_copy_only=False)))
+    return Latest(table=table.take(order), histories=histories, done=counted)
 
 
 def write_report(output: str, storage_options: dict | None = None, *, max_images: int = 60,
                  console=None) -> list[str]:
-    """Read, summarise, print, and write the three files under ``output``; returns their URLs.
-    The HTML shows the first ``max_images`` images (failures are all listed)."""
-    rows = latest_rows(results.read_table(output, storage_options))
-    if not rows:
-        raise ValueError(f"no results under {storage.join(output, 'results')}: nothing to report")
-    summary = summarize(rows)
-    print_summary(summary, rows, console)
+    """Read, summarise, print, and write the files under ``output``; returns their URLs. The HTML
+    shows the first ``max_images`` images and the first ``MAX_FAILURES`` failures."""
+    latest = read_latest(output, storage_options, max_images=max_images)
+    table = latest.table
+    summary = summarize(table)
+    failed_rows = table.filter(pc.invert(pc.equal(table["status"], "ok").fill_null(False)))
+    failures = failed_rows.slice(0, MAX_FAILURES).to_pylist()
+    shown = [{**row, "history": latest.histories[row["image_id"]]}
+             for row in table.filter(pc.is_in(table["image_id"], pa.array(list(latest.histories), pa.string())))
+             .to_pylist()]
+    print_summary(summary, len(table), failures, console)
+    view = View(images=len(table), shown=shown, failures=failures, failed=len(failed_rows), gains=gains(table),
+                done=latest.done)
     files = {
         "summary.csv": to_csv(summary).encode(),
-        "summary.md": to_markdown(output, summary, rows).encode(),
-        "report.html": render(output, summary, rows, storage_options, max_images=max_images).encode(),
+        "summary.md": to_markdown(output, summary, len(table), failures, len(failed_rows)).encode(),
+        "report.html": render(output, summary, view, storage_options, max_images=max_images).encode(),
     }
+    if len(failed_rows):
+        buffer = io.BytesIO()
+        pacsv.write_csv(failed_rows.select(list(FAILURE_COLUMNS)), buffer)
+        files["failures.csv"] = buffer.getvalue()
     written = []
     for name, data in files.items():
         url = storage.join(output, name)

@@ -1,7 +1,7 @@
 """A run's results summarised: per suite and task, as a terminal table, CSV and Markdown.
 
-``latest_rows`` keeps each image's latest attempt (the latest ``finished_at``, whatever its
-configuration; ties by ``attempt``). ``summarize`` gives per suite and task: images ok/failed;
+``summarize`` takes an Arrow table of one row per image (``report.read_latest``: each image's
+latest attempt) and gives per suite and task: images ok/failed;
 mean and median PSNR, psnr_y (super-resolution) and SSIM; each baseline's mean (the input,
 bicubic or the input, the TV prior); the difference to the paper's figure (``paper_psnr``, on
 the suite's paper metric); GPU- and CPU-seconds. Where the rows have them: the oracle's PSNR (the
@@ -16,12 +16,14 @@ the inpaint-samples suite) are left out of the means.
 from __future__ import annotations
 
 import csv
-import datetime as dt
 import io
 import json
 import math
-import statistics
 from collections import defaultdict
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from .suites import PAPER, PAPER_METRIC
 
@@ -48,19 +50,6 @@ NOTE = ("PSNR in dB, the latest attempt of each image. Baseline: bicubic for sup
         "input otherwise; TV: the TV prior with the same data term. 'DIP - paper' on the suite's paper metric "
         "(PSNR-Y, the paper's protocol, for super-resolution).")
 NO_SUITE = "-"  # results of a plain ``dip run`` (no suite column)
-_EPOCH = dt.datetime.min.replace(tzinfo=dt.timezone.utc)
-
-
-def latest_rows(table) -> list[dict]:
-    """One row per image of a ``pyarrow.Table`` of results: the latest ``finished_at`` (attempts
-    count per configuration, so the
-    attempt number alone would prefer an old configuration's retry), ties by ``attempt``."""
-    best: dict[str, tuple] = {}
-    for row in table.to_pylist():
-        key = (row.get("finished_at") or _EPOCH, row.get("attempt") or 0)
-        if row["image_id"] not in best or key > best[row["image_id"]][0]:
-            best[row["image_id"]] = (key, row)
-    return sorted((row for _, row in best.values()), key=lambda r: (r.get("suite") or "", r["image_id"]))
 
 
 def finite(values) -> list[float]:
@@ -71,50 +60,92 @@ def paper_metric(suite: str, task: str) -> str:
     return PAPER_METRIC.get(suite.split("/")[0]) or ("psnr_y" if task == "sr" else "psnr")
 
 
-def oracle_psnr(row: dict) -> float | None:
-    """The best PSNR against the reference along a row's recorded history (None without one)."""
-    values = finite(h.get("psnr_reference") for h in json.loads(row.get("history") or "[]"))
+def oracle_psnr(history: str | None) -> float | None:
+    """The best PSNR against the reference along a recorded history (JSON; None without one)."""
+    values = finite(h.get("psnr_reference") for h in json.loads(history or "[]"))
     return max(values) if values else None
 
 
-def summarize(rows: list[dict]) -> list[dict]:
-    """Per (suite, task), the figures of ``SUMMARY_COLUMNS`` (None where there is nothing to average)."""
-    groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
-    for row in rows:
-        suite = row.get("suite") or NO_SUITE
-        groups[(f"{suite}/{row['subset']}" if row.get("subset") else suite, row.get("task") or "?")].append(row)
+def group_labels(table: pa.Table) -> tuple[list[str], list[str]]:
+    """Per row: its summary group's suite label (``suite/subset`` where a subset is given) and task."""
+    suites = pc.fill_null(_column(table, "suite", pa.string()), NO_SUITE)
+    subsets = _column(table, "subset", pa.string())
+    labels = pc.if_else(pc.is_valid(subsets), pc.binary_join_element_wise(suites, subsets, "/"), suites)
+    return labels.to_pylist(), pc.fill_null(_column(table, "task", pa.string()), "?").to_pylist()
+
+
+def _column(table: pa.Table, name: str, kind: pa.DataType) -> pa.Array:
+    if name in table.column_names:
+        return table[name].combine_chunks().cast(kind)
+    return pa.nulls(len(table), kind)
+
+
+def _values(table: pa.Table, name: str) -> np.ndarray:
+    """A numeric column as float64 (nulls as NaN; a column the table lacks: all NaN)."""
+    return _column(table, name, pa.float64()).to_numpy(zero_copy_only=False)
+
+
+def _mean(values: np.ndarray) -> float | None:
+    values = values[np.isfinite(values)]
+    return float(values.mean()) if len(values) else None
+
+
+def summarize(table: pa.Table) -> list[dict]:
+    """Per (suite, task) of a table of one row per image, the figures of ``SUMMARY_COLUMNS`` (None
+    where there is nothing to average). The table's ``psnr_oracle`` column holds each fit's oracle."""
+    labels, tasks = group_labels(table)
+    groups: dict[tuple[str, str], list[int]] = defaultdict(list)
+    for i, key in enumerate(zip(labels, tasks, strict=True)):
+        groups[key].append(i)
     summary = []
-    for (suite, task), members in sorted(groups.items()):
-        ok = [r for r in members if r["status"] == "ok"]
+    for (suite, task), positions in sorted(groups.items()):
+        members = table.take(positions)
+        ok = members.filter(pc.equal(members["status"], "ok").fill_null(False))
         entry = {"suite": suite, "task": task, "images": len(members), "ok": len(ok), "failed": len(members) - len(ok)}
         for name in METRICS:
-            values = finite(r.get(name) for r in ok)
-            entry[f"{name}_mean"] = statistics.fmean(values) if values else None
-            entry[f"{name}_median"] = statistics.median(values) if values else None
+            values = _values(ok, name)
+            values = values[np.isfinite(values)]
+            entry[f"{name}_mean"] = float(values.mean()) if len(values) else None
+            entry[f"{name}_median"] = float(np.median(values)) if len(values) else None
         for name in BASELINES:
-            values = finite(r.get(name) for r in ok)
-            entry[f"{name}_mean"] = statistics.fmean(values) if values else None
+            entry[f"{name}_mean"] = _mean(_values(ok, name))
         metric = paper_metric(suite, task)
-        papers = finite(r.get("paper_psnr") for r in members)
+        papers = finite(_values(members, "paper_psnr")[:1000])
         mean = entry[f"{metric}_mean"]
         entry.update(paper_metric=metric, paper_psnr=papers[0] if papers else None,
                      paper_delta=mean - papers[0] if papers and mean is not None else None)
-        extras = {
-            "psnr_oracle_mean": [oracle_psnr(r) for r in ok],
-            "iterations_mean": [r.get("iterations") for r in ok],
-            "sigma_error_mean": [abs(r["noise_sigma"] / r["noise_sigma_true"] - 1) for r in ok
-                                 if r.get("noise_sigma") is not None and r.get("noise_sigma_true")],
-            **{f"{name}_mean": [r.get(name) for r in ok]
-               for name in ("mask_precision", "mask_recall", "mask_iou", "defect_fraction")},
-        }
-        for column, values in extras.items():
-            values = finite(values)
-            entry[column] = statistics.fmean(values) if values else None
-        seconds = [(r.get("device") or "", r.get("seconds") or 0.0) for r in members]
-        entry["gpu_seconds"] = sum((s for device, s in seconds if device.startswith("cuda")), 0.0)
-        entry["cpu_seconds"] = sum((s for device, s in seconds if device == "cpu"), 0.0)
+        sigma, truth = _values(ok, "noise_sigma"), _values(ok, "noise_sigma_true")
+        with np.errstate(divide="ignore", invalid="ignore"):
+            entry["sigma_error_mean"] = _mean(np.where(truth > 0, np.abs(sigma / truth - 1), np.nan))
+        for column, name in (("psnr_oracle_mean", "psnr_oracle"), ("iterations_mean", "iterations"),
+                             *((f"{n}_mean", n) for n in ("mask_precision", "mask_recall", "mask_iou",
+                                                          "defect_fraction"))):
+            entry[column] = _mean(_values(ok, name))
+        devices = pc.fill_null(_column(members, "device", pa.string()), "")
+        seconds = np.nan_to_num(_values(members, "seconds"))
+        gpu = pc.starts_with(devices, "cuda").to_numpy(zero_copy_only=False)
+        entry["gpu_seconds"] = float(seconds[gpu].sum())
+        entry["cpu_seconds"] = float(seconds[pc.equal(devices, "cpu").to_numpy(zero_copy_only=False)].sum())
         summary.append(entry)
     return summary
+
+
+def gains(table: pa.Table) -> dict[tuple[str, str], np.ndarray]:
+    """Per (suite, task): the ok images' gains over the baseline (dB) on the suite's paper metric
+    (psnr - psnr_baseline; psnr_y - psnr_y_baseline for super-resolution), finite ones only."""
+    suites = pc.fill_null(_column(table, "suite", pa.string()), NO_SUITE).to_pylist()
+    tasks = pc.fill_null(_column(table, "task", pa.string()), "?").to_pylist()
+    ok = pc.equal(table["status"], "ok").fill_null(False).to_numpy(zero_copy_only=False)
+    found = {}
+    for suite, task in sorted(set(zip(suites, tasks, strict=True))):
+        metric = paper_metric(suite, task)
+        baseline = "psnr_y_baseline" if metric == "psnr_y" else "psnr_baseline"
+        member = ok & (np.array(suites) == suite) & (np.array(tasks) == task)
+        values = (_values(table, metric) - _values(table, baseline))[member]
+        values = values[np.isfinite(values)]
+        if len(values):
+            found[(suite, task)] = values
+    return found
 
 
 def paper_figures(suite: str) -> str:
@@ -153,35 +184,36 @@ def to_csv(summary: list[dict]) -> str:
     return buffer.getvalue()
 
 
-def to_markdown(output: str, summary: list[dict], rows: list[dict]) -> str:
+def to_markdown(output: str, summary: list[dict], images: int, failures: list[dict], failed: int) -> str:
+    """The summary table, the paper's figures and the failures (``failures``: the first of ``failed``)."""
     columns = shown_columns(summary)
     lines = [f"# dip report: {output}", "",
-             f"{len(rows)} images. {NOTE}", "",
+             f"{images} images. {NOTE}", "",
              "| " + " | ".join(LABELS.get(c, c) for c in columns) + " |",
              "|" + "|".join("---" if c in ("suite", "task") else "---:" for c in columns) + "|"]
     lines += ["| " + " | ".join(cell(e, c) for c in columns) + " |" for e in summary]
     papers = [f"- {e['suite']}: {paper_figures(e['suite'])}" for e in summary if paper_figures(e["suite"])]
     if papers:
         lines += ["", "Paper figures (dB):", "", *dict.fromkeys(papers)]
-    failures = [r for r in rows if r["status"] != "ok"]
-    if failures:
-        lines += ["", f"## Failures ({len(failures)})", ""]
+    if failed:
+        more = f"; the first {len(failures)}, all in failures.csv" if failed > len(failures) else ""
+        lines += ["", f"## Failures ({failed}{more})", ""]
         lines += [f"- `{r['image_id']}`: {(r.get('error') or '').replace('|', '/')[:300]}" for r in failures]
     return "\n".join(lines) + "\n"
 
 
-def print_summary(summary: list[dict], rows: list[dict], console=None) -> None:
+def print_summary(summary: list[dict], images: int, failures: list[dict], console=None) -> None:
     from rich.console import Console
     from rich.table import Table
 
     console = console or Console()
-    table = Table(title=f"{len(rows)} images, latest attempt each (PSNR dB)")  # one column per suite and task
+    table = Table(title=f"{images} images, latest attempt each (PSNR dB)")  # one column per suite and task
     table.add_column("")
     for entry in summary:
         table.add_column(f"{entry['suite']}\n{entry['task']}", justify="right")
     for column in shown_columns(summary)[2:]:
         table.add_row(LABELS.get(column, column), *(cell(entry, column) for entry in summary))
     console.print(table)
-    for row in [r for r in rows if r["status"] != "ok"][:20]:
+    for row in failures[:20]:
         console.print(f"[red]failed[/red] {row['image_id']}: {(row.get('error') or '')[:200]}", markup=True,
                       highlight=False)

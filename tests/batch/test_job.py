@@ -68,15 +68,15 @@ def test_run_writes_images_rows_record_and_marker_and_resumes(ray_local, tmp_pat
     for column in ("config_hash", "seed", "run_id", "started_at", "finished_at", "device", "seconds"):
         assert all(row[column] is not None for row in table), column
     record = json.loads(next((tmp_path / "out" / "runs").glob("*.json")).read_text())
-    assert record["counts"] == {"total": 3, "skipped": 0, "ok": 2, "failed": 1}
+    assert record["counts"] == {"total": 3, "skipped": 0, "ok": 2, "failed": 1, "unrecorded": 0}
     assert (tmp_path / "out" / "_SUCCESS").exists()
-    first = result_files(output)
+    assert [Path(u).name.split("-")[0] for u in result_files(output)] == ["compacted"]  # the run's shards, folded
 
     # 2. Same command again: only the failed image is fitted again (attempt 2).
     outcome = dip_run(manifest, output)
     assert outcome.exit_code == EXIT_IMAGES_FAILED
-    new = sorted(set(result_files(output)) - set(first))
-    assert len(new) == 1 and "/c/" in new[0] and "-0002-error" in new[0]
+    new = [r for r in results.read_table(output).to_pylist() if r["run_id"] != table[0]["run_id"]]
+    assert [(r["image_id"], r["attempt"], r["status"]) for r in new] == [("c", 2, "error")]
 
     # 3. The bad file is replaced by a good one: the rerun fits it and exits 0.
     storage.write_bytes(str(tmp_path / "data" / "in" / "c.png"), png_bytes(seed=3))
@@ -89,8 +89,9 @@ def test_run_writes_images_rows_record_and_marker_and_resumes(ray_local, tmp_pat
     before = result_files(output)
     assert dip_run(manifest, output).exit_code == EXIT_OK
     assert result_files(output) == before
+    rows = len(results.read_table(output))
     assert dip_run(manifest, output, "--force").exit_code == EXIT_OK
-    assert len(result_files(output)) == len(before) + 3
+    assert len(results.read_table(output)) == rows + 3
 
 
 def test_same_image_same_seed_gives_the_same_restoration(ray_local, tmp_path):

@@ -13,7 +13,6 @@ import subprocess
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
@@ -25,6 +24,7 @@ from pipeline.cli.main import main
 from pipeline.core.options import Options
 from pipeline.evaluation import evaluate
 from pipeline.evaluation import summary as summaries
+from pipeline.evaluation.report import MAX_FAILURES, read_latest
 
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
 
@@ -69,6 +69,7 @@ def fake_run(root: Path) -> str:
     manifest = evaluate.write_manifest(rows, str(out))
     plan, _ = write_plan(RunConfig(manifest=manifest, output=str(out), defaults=Options(preset="cpu-small")), "run1")
     jobs = {j["image_id"]: j for j in pq.read_table(plan).to_pylist()}
+    shards = results.ShardWriter(str(out), "run1", rows=2)
     figures = {
         "a": dict(psnr=28.0, ssim=0.80, psnr_input=20.0, psnr_baseline=20.0, device="cuda:0", seconds=10.0),
         "b": dict(psnr=30.0, psnr_y=31.0, ssim=0.90, psnr_baseline=29.0, psnr_y_baseline=30.0, psnr_tv=29.5,
@@ -88,17 +89,15 @@ def fake_run(root: Path) -> str:
                 w, h = image.size
                 image.crop((0, 0, w // 4 * 4, h // 4 * 4) if image_id == "b" else (0, 0, w, h)).save(restored)
             if image_id == "a":
-                results.write_row(str(out), {**base, "status": "error", "error": "FitDiverged: loss became nan",
-                                             "attempt": 1, "finished_at": T0, "device": "cuda:0", "seconds": 1.0},
-                                  extra)
-            results.write_row(str(out), {**base, **figures[image_id], "status": "ok", "attempt": 2 if image_id == "a"
-                                         else 1, "output_uri": str(restored), "iterations": 300,
-                                         "history": history(figures[image_id]["psnr"]),
-                                         "finished_at": T0 + dt.timedelta(minutes=1)}, extra)
+                shards.add({**extra, **base, "status": "error", "error": "FitDiverged: loss became nan",
+                            "attempt": 1, "finished_at": T0, "device": "cuda:0", "seconds": 1.0})
+            shards.add({**extra, **base, **figures[image_id], "status": "ok", "attempt": 2 if image_id == "a" else 1,
+                        "output_uri": str(restored), "iterations": 300, "history": history(figures[image_id]["psnr"]),
+                        "finished_at": T0 + dt.timedelta(minutes=1)})
         else:
-            results.write_row(str(out), {**base, "status": "error", "attempt": 1, "finished_at": T0, "device": "cpu",
-                                         "seconds": 0.5, "error": f"FileNotFoundError: read {job['uri']}: no such "
-                                         "bucket or object <&>"}, extra)
+            shards.add({**extra, **base, "status": "error", "attempt": 1, "finished_at": T0, "device": "cpu",
+                        "seconds": 0.5, "error": f"FileNotFoundError: read {job['uri']}: no such bucket or object <&>"})
+    shards.flush()
     return str(out)
 
 
@@ -107,23 +106,30 @@ def run_output(tmp_path):
     return fake_run(tmp_path)
 
 
-def test_latest_rows_keep_the_latest_finish_then_the_highest_attempt():
-    table = pa.Table.from_pylist([
+def test_the_latest_rows_are_the_latest_finish_then_the_highest_attempt(tmp_path):
+    shards = results.ShardWriter(str(tmp_path), "r", rows=2)
+    for row in [
         {"image_id": "x", "attempt": 2, "finished_at": T0, "status": "error"},
-        {"image_id": "x", "attempt": 3, "finished_at": T0, "status": "ok"},
+        {"image_id": "x", "attempt": 3, "finished_at": T0, "status": "ok", "history": history(30.0), "psnr": 29.0},
         {"image_id": "x", "attempt": 1, "finished_at": T0 - dt.timedelta(days=1), "status": "error"},
         {"image_id": "y", "attempt": 1, "finished_at": T0 + dt.timedelta(seconds=5), "status": "ok"},
         {"image_id": "y", "attempt": 1, "finished_at": T0, "status": "error"},
-    ])
-    latest = {r["image_id"]: r for r in summaries.latest_rows(table)}
-    assert (latest["x"]["attempt"], latest["x"]["status"]) == (3, "ok")  # same finish: the higher attempt
-    assert latest["y"]["status"] == "ok"
+    ]:
+        shards.add(row)
+    shards.flush()
+    latest = read_latest(str(tmp_path), max_images=1)
+    rows = {r["image_id"]: r for r in latest.table.to_pylist()}
+    assert (rows["x"]["attempt"], rows["x"]["status"]) == (3, "ok")  # same finish: the higher attempt
+    assert rows["y"]["status"] == "ok"
+    assert "history" not in latest.table.column_names  # kept only for the images shown
+    assert rows["x"]["psnr_oracle"] == pytest.approx(30.0 - 2 + 300 / 150) and rows["y"]["psnr_oracle"] is None
+    assert set(latest.histories) == {"x", "y"}  # the first image, and each group's first curves
 
 
 def test_summary_per_suite_and_task(run_output):
-    rows = summaries.latest_rows(results.read_table(run_output))
-    assert [r["image_id"] for r in rows] == ["a", "broken", "kate", "b"]  # sorted by suite, then id
-    summary = {(s["suite"], s["task"]): s for s in summaries.summarize(rows)}
+    table = read_latest(run_output).table
+    assert table["image_id"].to_pylist() == ["a", "broken", "kate", "b"]  # sorted by suite, then id
+    summary = {(s["suite"], s["task"]): s for s in summaries.summarize(table)}
     assert list(summary) == [("denoise-color-25", "denoise"), ("inpaint-samples", "inpaint"), ("set5-x4", "sr")]
     denoise, inpaint, sr = summary.values()
     assert (denoise["images"], denoise["ok"], denoise["failed"]) == (2, 1, 1)
@@ -162,6 +168,47 @@ def test_report_writes_csv_markdown_and_a_self_contained_page(run_output):
     strip_b = decoded[-3:]  # set5-x4 sorts last: its degraded input is the 12x10 low-res image, enlarged
     assert [im.size for im in strip_b] == [(192, 160), (192, 160), (192, 160)]
     assert len(strip_b[0].getcolors(2**16)) < len(strip_b[2].getcolors(2**16))  # blocky: fewer colours
+
+
+def test_a_report_lists_a_bounded_number_of_failures_and_all_of_them_in_a_csv(tmp_path):
+    shards = results.ShardWriter(str(tmp_path), "r", rows=500)
+    failed = MAX_FAILURES + 50
+    for i in range(failed):
+        shards.add({"image_id": f"bad{i:04d}", "attempt": 1, "finished_at": T0, "status": "error", "task": "denoise",
+                    "error": f"ValueError: bad value {i}"})
+    shards.add({"image_id": "good", "attempt": 1, "finished_at": T0, "status": "ok", "task": "denoise", "psnr": 30.0,
+                "psnr_baseline": 20.0, "history": history(30.0)})
+    shards.flush()
+    outcome = CliRunner().invoke(main, ["report", str(tmp_path)])
+    assert outcome.exit_code == 0, outcome.output
+    page = (tmp_path / "report.html").read_text()
+    assert page.count("ValueError: bad value") == MAX_FAILURES and f"Failures ({failed})" in page
+    listed = list(csv.DictReader(io.StringIO((tmp_path / "failures.csv").read_text())))
+    assert len(listed) == failed and listed[-1]["error"] == f"ValueError: bad value {failed - 1}"
+    markdown = (tmp_path / "summary.md").read_text()
+    assert markdown.count("ValueError: bad value") == MAX_FAILURES and "all in failures.csv" in markdown
+
+
+def test_an_output_of_the_per_image_layout_is_reported_and_compacted(tmp_path):
+    legacy = tmp_path / "legacy"
+    shutil.copytree(Path(__file__).resolve().parents[1] / "data" / "legacy_output", legacy)
+    before = {r["image_id"]: r for r in read_latest(str(legacy)).table.to_pylist()}
+    assert {k: (r["status"], r["attempt"]) for k, r in before.items()} == {
+        "scan-1": ("ok", 2), "scan-2": ("ok", 1), "scan-3": ("error", 1)}
+    assert before["scan-1"]["psnr_oracle"] == pytest.approx(25 + 300 / 150)
+    assert CliRunner().invoke(main, ["report", str(legacy)]).exit_code == 0
+    assert "FileNotFoundError: read scan-3.tif" in (legacy / "failures.csv").read_text()
+
+    outcome = CliRunner().invoke(main, ["compact", str(legacy)])
+    assert outcome.exit_code == 0 and "4 rows: 3 kept in 1 file(s), 1 moved to attempts/" in outcome.output
+    assert sorted(p.name for p in (legacy / "results").iterdir())[0].startswith("compacted-")
+    assert len(list((legacy / "results").iterdir())) == 1  # the per-image folders are gone
+    after = {r["image_id"]: r for r in read_latest(str(legacy)).table.to_pylist()}
+    assert after == before
+    kept = results.read_table(str(legacy)).to_pylist()  # every column, the manifest's own too
+    assert sorted((r["image_id"], r["box"]) for r in kept) == [("scan-1", "B1"), ("scan-2", "B2"), ("scan-3", "B2")]
+    moved = pq.read_table(next((legacy / "attempts").iterdir())).to_pylist()
+    assert [(r["image_id"], r["attempt"], r["status"]) for r in moved] == [("scan-1", 1, "error")]
 
 
 def test_report_of_an_empty_prefix_fails_naming_it(tmp_path):
