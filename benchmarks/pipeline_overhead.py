@@ -95,12 +95,14 @@ def plan_memory(rows: int, folder: Path) -> dict:
                    manifest, row_group_size=50_000)
     del ids, uris
     code = (
-        "import resource, sys, time; sys.path.insert(0, %r)\n"
+        "import sys, time; sys.path.insert(0, %r)\n"
         "from pipeline.batch.job import RunConfig, write_plan\n"
         "from pipeline.core.options import Options\n"
         "t = time.perf_counter()\n"
         "_, s = write_plan(RunConfig(manifest=%r, output=%r, defaults=Options(preset='cpu-small')), 'bench')\n"
-        "print(s.total, time.perf_counter() - t, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
+        # VmHWM, not ru_maxrss: ru_maxrss keeps the parent's peak across the exec
+        "print(s.total, time.perf_counter() - t, next(l for l in open('/proc/self/status') if l.startswith('VmHWM:'))"
+        ".split()[1])\n"
     ) % (str(ROOT), str(manifest), str(folder / "out"))
     total, seconds, max_rss_kib = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
                                                  text=True).stdout.split()

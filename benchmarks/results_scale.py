@@ -5,13 +5,13 @@ For each size N and storage (a local folder; with ``--s3`` also a SeaweedFS S3 s
 1. A manifest of N rows; its plan on an empty output (``write_plan``: validation, resume check, plan written).
 2. Result rows for 90% of it, fabricated with the project's own writer (``results.ShardWriter``,
    1,000 rows a shard, each row with a 31-entry history), as a finished run leaves them.
-3. In fresh processes, each timed with its peak memory (ru_maxrss): the done check
+3. In fresh processes, each timed with its peak memory (VmHWM): the done check
    (``results.done_index``), the rerun's plan (90% done), and ``dip report``.
 4. Storage requests per image of the real write path: the fit actor (``FitActor``, no Ray) on a
    plan of small images with 1-iteration fits, counting the calls of ``pipeline.storage`` (one
    ``write_bytes`` is one PUT for objects under s3fs's 5 MiB block).
 
-    python benchmarks/results_scale.py [--rows 10000,100000,1000000] [--s3] [--actor-images 1500]
+    python benchmarks/results_scale.py [--rows 10000,100000,1000000] [--s3] [--actor-images 3000]
 
 Writes benchmarks/results/results_scale.json. Nothing else may run meanwhile (timings).
 """
@@ -74,34 +74,39 @@ def fabricate(output: str, plan: str, share: float, options: dict | None) -> int
 
 
 MEASURE = """
-import resource, sys, time, json
+import sys, time, json
 sys.path.insert(0, %(root)r)
+
+def peak_mib():  # VmHWM: this process's own peak (ru_maxrss would carry the parent's over the exec)
+    line = next(l for l in open("/proc/self/status") if l.startswith("VmHWM:"))
+    return round(int(line.split()[1]) / 1024, 1)
+
 options = json.loads(%(options)r)
+%(imports)s
+imported = peak_mib()
 start = time.perf_counter()
 %(code)s
-print(json.dumps({"seconds": round(time.perf_counter() - start, 2),
-                  "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1), **figures}))
+print(json.dumps({"seconds": round(time.perf_counter() - start, 2), "peak_rss_mib": peak_mib(),
+                  "rss_after_imports_mib": imported, **figures}))
 """
-CODE = {
-    "done_check": "from pipeline.batch import results\n"
-                  "figures = {'keys': results.done_index(%(output)r, options).num_rows}",
-    "plan": "from pipeline.batch.job import RunConfig, write_plan\n"
-            "from pipeline.core.options import Options\n"
-            "config = RunConfig(manifest=%(manifest)r, output=%(output)r, storage_options=options)\n"
-            "_, s = write_plan(config, %(run_id)r)\n"
-            "figures = {'total': s.total, 'skipped': s.skipped}",
-    "report": "import io\n"
-              "from rich.console import Console\n"
-              "from pipeline.evaluation.report import write_report\n"
-              "write_report(%(output)r, options, console=Console(file=io.StringIO()))\n"
-              "figures = {}",
+CODE = {  # step: (imports, the work timed)
+    "done_check": ("from pipeline.batch import results",
+                   "figures = {'keys': results.done_index(%(output)r, options).num_rows}"),
+    "plan": ("from pipeline.batch.job import RunConfig, write_plan\nfrom pipeline.core.options import Options",
+             "config = RunConfig(manifest=%(manifest)r, output=%(output)r, storage_options=options)\n"
+             "_, s = write_plan(config, %(run_id)r)\n"
+             "figures = {'total': s.total, 'skipped': s.skipped}"),
+    "report": ("import io\nfrom rich.console import Console\nfrom pipeline.evaluation.report import write_report\n"
+               "import matplotlib.figure",
+               "write_report(%(output)r, options, console=Console(file=io.StringIO()))\nfigures = {}"),
 }
 
 
 def measure(step: str, **values) -> dict:
     """One step in a fresh Python: its seconds and its peak resident memory."""
-    code = MEASURE % {"root": str(ROOT), "options": json.dumps(values.get("options") or {}),
-                      "code": CODE[step] % values}
+    imports, work = CODE[step]
+    code = MEASURE % {"root": str(ROOT), "options": json.dumps(values.get("options") or {}), "imports": imports,
+                      "code": work % values}
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     if done.returncode:
         raise RuntimeError(f"{step} failed:\n{done.stderr[-3000:]}")
@@ -183,7 +188,7 @@ def main():
     parser.add_argument("--rows", default="10000,100000,1000000")
     parser.add_argument("--s3", action="store_true", help="Also on a SeaweedFS server (needs the test extra).")
     parser.add_argument("--s3-rows", default=None, help="Sizes on S3 (default: --rows).")
-    parser.add_argument("--actor-images", type=int, default=1500)
+    parser.add_argument("--actor-images", type=int, default=3000)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "results_scale.json")
     args = parser.parse_args()
     report = {"machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}",

@@ -69,7 +69,7 @@ def compact(output: str, storage_options: dict | None = None, *, full: bool = Tr
         nonlocal position
         position = 0
         kept.reset(), moved.reset()
-        for batch in every.to_batches(batch_size=results.ROW_GROUP):
+        for batch in results.batches(every):
             chosen = keep[position:position + len(batch)]
             position += len(batch)
             kept.add(batch.filter(pa.array(chosen)))

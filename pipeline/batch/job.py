@@ -30,7 +30,7 @@ from .actor import FitActor, plain_value, utc_now
 from .compact import compact
 
 PLAN_ROW_GROUP = 1000
-LOOKUP_ROWS = 100_000  # manifest rows per join against the done index
+LOOKUP_ROWS = 20_000  # manifest rows per join against the done index
 MAX_BLOCK_ROWS = 64  # plan rows per Ray Data block at most (fits stay one per image)
 BLOCKS_PER_WORKER = 4  # at least, where the plan has the rows: the last blocks spread over the pool
 SHARD_WAIT_S = 120.0  # how long the driver waits for the shards of rows it has seen
@@ -193,11 +193,9 @@ def run(config: RunConfig, on_result: Callable[[dict], None] | None = None,
         # The plan is one small Parquet file: Ray Data's V2 reader provisions footer-reading actors
         # for every read, a cold start that cost 7 of a 27 s three-image run on 2 CPUs.
         context.use_datasource_v2 = False
-        fs, path = storage.filesystem(plan_url, config.storage_options)
-        from pyarrow.fs import FSSpecHandler, PyFileSystem
-
+        filesystem, path = storage.arrow_filesystem(plan_url, config.storage_options)
         workers = pool_size(config, todo, gpus, ray.cluster_resources())
-        dataset = ray.data.read_parquet(path, filesystem=PyFileSystem(FSSpecHandler(fs)))
+        dataset = ray.data.read_parquet(path, filesystem=filesystem)
         dataset = dataset.repartition(target_num_rows_per_block=block_rows(todo, workers, config.pack))
         fitted = dataset.map_batches(
             FitActor,

@@ -24,11 +24,16 @@ import pyarrow.csv as pacsv
 from .. import storage
 from ..batch import results
 from .html import MAX_CURVES, View, render
-from .summary import NO_SUITE, gains, oracle_psnr, print_summary, summarize, to_csv, to_markdown
+from .summary import NO_SUITE, gains, groups, oracle_psnr, print_summary, summarize, to_csv, to_markdown
 
 MAX_FAILURES = 200  # failures listed in the HTML and Markdown (failures.csv has them all)
 EXTRA = {"suite": pa.string(), "subset": pa.string(), "paper_psnr": pa.float64()}  # an evaluation's own columns
 FAILURE_COLUMNS = ("image_id", "suite", "task", "attempt", "run_id", "uri", "error")
+COLUMNS = (  # what the summary, the page and failures.csv read of each row (history apart)
+    "image_id", "uri", "task", "preset", "status", "error", "output_uri", "mask_output_uri", "psnr", "ssim", "psnr_y",
+    "psnr_input", "psnr_baseline", "psnr_y_baseline", "psnr_tv", "psnr_y_tv", "noise_sigma", "noise_sigma_true",
+    "defect_fraction", "mask_precision", "mask_recall", "mask_iou", "iterations", "seconds", "device", "attempt",
+    "seed", "run_id", *EXTRA)
 
 
 @dataclass
@@ -56,38 +61,39 @@ def read_latest(output: str, storage_options: dict | None = None, *, max_images:
     chosen[results.first_rows(keys, ["image_id"], [("finished_at", "descending"), ("attempt", "descending")])] = True
     shown = np.zeros(len(keys), dtype=bool)
     done = np.flatnonzero(chosen & pc.equal(keys["status"], "ok").fill_null(False).to_numpy(zero_copy_only=False))
-    ordered = done[np.lexsort((keys["image_id"].to_numpy(zero_copy_only=False)[done],
-                               pc.fill_null(keys["suite"], NO_SUITE).to_numpy(zero_copy_only=False)[done]))]
+    latest_done = keys.take(done).select(["suite", "image_id"])
+    ordered = done[pc.sort_indices(pa.table({"suite": pc.fill_null(latest_done["suite"], NO_SUITE),
+                                             "image_id": latest_done["image_id"]}),
+                                   [("suite", "ascending"), ("image_id", "ascending")]).to_numpy()]
     shown[ordered[:max_images]] = True
-    groups = keys.take(ordered).select(["suite", "task"]).to_pylist()
-    counted: dict = {}
-    for position, group in zip(ordered, groups, strict=True):
-        key = (group["suite"] or NO_SUITE, group["task"] or "?")
-        counted[key] = counted.get(key, 0) + 1
-        shown[position] |= counted[key] <= MAX_CURVES
+    codes, names = groups(keys.take(ordered), subsets=False)  # each group's first MAX_CURVES, for its curves
+    by_group = np.argsort(codes, kind="stable")
+    starts = np.searchsorted(codes[by_group], np.arange(len(names)))
+    rank = np.empty(len(codes), dtype=np.int64)
+    rank[by_group] = np.arange(len(codes)) - starts[codes[by_group]]
+    shown[ordered[rank < MAX_CURVES]] = True
+    counted = dict(zip(names, np.bincount(codes, minlength=len(names)).tolist(), strict=True))
+    del keys, latest_done
 
     # 2. Stream the rows: keep the chosen, without their history.
-    names = [n for n in results.COLUMNS if n != "history"] + list(EXTRA)
-    every = results.dataset(files.all, storage_options, _schema([*names, "history"]))
+    every = results.dataset(files.all, storage_options, _schema([*COLUMNS, "history"]))
     kept, histories, position = [], {}, 0
-    for batch in every.to_batches(batch_size=results.ROW_GROUP):
+    for batch in results.batches(every):
         window = slice(position, position + len(batch))
         position += len(batch)
         batch = pa.Table.from_batches([batch]).filter(pa.array(chosen[window]))
         history = batch["history"].to_pylist()
         scored = pc.is_valid(batch["psnr"]).to_numpy(zero_copy_only=False)
         oracle = [oracle_psnr(h) if s else None for h, s in zip(history, scored, strict=True)]
-        for image_id, text, show in zip(batch["image_id"].to_pylist(), history, shown[window][chosen[window]],
-                                        strict=True):
-            if show:
-                histories[image_id] = text
-        kept.append(batch.select(names).append_column("psnr_oracle", pa.array(oracle, pa.float64())))
-    if position != len(keys):
-        raise RuntimeError(f"the results under {output} changed while read ({len(keys)} rows, then {position}): "
+        for i in np.flatnonzero(shown[window][chosen[window]]):
+            histories[batch["image_id"][int(i)].as_py()] = history[i]
+        kept.append(batch.select(COLUMNS).append_column("psnr_oracle", pa.array(oracle, pa.float64())))
+    if position != len(chosen):
+        raise RuntimeError(f"the results under {output} changed while read ({len(chosen)} rows, then {position}): "
                            "report again")
-    table = pa.concat_tables(kept).combine_chunks()
-    order = np.lexsort((table["image_id"].to_numpy(zero_copy_only=False),
-                        pc.fill_null(table["suite"], NO_SUITE).to_numpy(zero_copy_only=False)))
+    table = pa.concat_tables(kept)
+    order = pc.sort_indices(pa.table({"suite": pc.fill_null(table["suite"], NO_SUITE), "image_id": table["image_id"]}),
+                            [("suite", "ascending"), ("image_id", "ascending")])
     return Latest(table=table.take(order), histories=histories, done=counted)
 
 
