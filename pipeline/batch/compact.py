@@ -70,6 +70,7 @@ def compact(output: str, storage_options: dict | None = None, *, full: bool = Tr
         position = 0
         kept.reset(), moved.reset()
         for batch in results.batches(every):
+            results.check_order(batch, keys["image_id"], position, output)
             chosen = keep[position:position + len(batch)]
             position += len(batch)
             kept.add(batch.filter(pa.array(chosen)))

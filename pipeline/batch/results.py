@@ -174,6 +174,14 @@ def batches(data: pads.Dataset, batch_size: int = ROW_GROUP) -> Iterator[pa.Reco
         yield from fragment.to_batches(schema=data.schema, batch_size=batch_size, batch_readahead=1, use_threads=False)
 
 
+def check_order(batch: pa.RecordBatch | pa.Table, keys: pa.ChunkedArray, position: int, output: str) -> None:
+    """The rows a second pass reads are the ones the first pass chose from: same image ids, same order
+    (else the files changed in between, and nothing may be written from the choice)."""
+    if not pa.chunked_array([batch["image_id"]]).equals(keys.slice(position, len(batch))):
+        raise RuntimeError(f"the results under {output} changed while read (rows from {position} differ); "
+                           "run it again")
+
+
 def read_table(output: str, storage_options: dict | None = None, columns=None) -> pa.Table:
     """Every result row under ``output`` as one table (for small outputs and tests: reports stream)."""
     files = list_files(output, storage_options)

@@ -73,12 +73,14 @@ def read_latest(output: str, storage_options: dict | None = None, *, max_images:
     rank[by_group] = np.arange(len(codes)) - starts[codes[by_group]]
     shown[ordered[rank < MAX_CURVES]] = True
     counted = dict(zip(names, np.bincount(codes, minlength=len(names)).tolist(), strict=True))
+    ids = keys["image_id"]
     del keys, latest_done
 
     # 2. Stream the rows: keep the chosen, without their history.
     every = results.dataset(files.all, storage_options, _schema([*COLUMNS, "history"]))
     kept, histories, position = [], {}, 0
     for batch in results.batches(every):
+        results.check_order(batch, ids, position, output)
         window = slice(position, position + len(batch))
         position += len(batch)
         batch = pa.Table.from_batches([batch]).filter(pa.array(chosen[window]))

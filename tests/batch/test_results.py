@@ -151,3 +151,12 @@ def test_shards_done_index_and_compaction_on_s3(s3_server, s3_bucket):
     assert results.done_index(output, options).sort_by("image_id").to_pylist() == done
     rows = results.read_table(output, options).to_pylist()
     assert sorted((r["image_id"], r["attempt"]) for r in rows) == [("a", 2), ("b", 1)]
+
+
+def test_a_second_pass_over_changed_files_is_refused():
+    import pyarrow as pa
+
+    keys = pa.chunked_array([pa.array(["a", "b"]), pa.array(["c"])])
+    results.check_order(pa.table({"image_id": ["b", "c"]}), keys, 1, "out")  # same rows, other chunking
+    with pytest.raises(RuntimeError, match="changed while read"):
+        results.check_order(pa.table({"image_id": ["c", "b"]}), keys, 1, "out")
