@@ -174,7 +174,7 @@ def finish(job: Prepared, result: FitResult) -> Restoration:
         seen = observed.pixels if options.task == "archive" else y.cpu()  # archive: the scan as it came
         baselines["baseline"] = degraded_input(job.operator, seen)
         if options.tv_baseline:
-            baselines["tv"] = tv_restore(job.operator.cpu().float(), y.cpu().float())
+            baselines["tv"] = tv_restore(job.operator.cpu().float(), y.cpu().float(), noise_sigma=job.noise_sigma)
     metrics = {**score(options.task, result.image, ref, observed.pixels, baselines),
                "noise_sigma": job.noise_sigma}
     if job.mask is not None:

@@ -26,6 +26,15 @@ def test_restore_json_reports_metrics_and_writes_the_image(tmp_path):
     assert Image.open(out).size == (64, 64)
 
 
+def test_restore_scores_the_calibrated_tv_baseline(tmp_path):
+    outcome = CliRunner().invoke(main, ["restore", str(F16), "-o", str(tmp_path / "r.png"), "--degrade", "noise:25",
+                                        "--preset", "cpu-small", "--iterations", "5", "--device", "cpu",
+                                        "--tv-baseline", "--json"])
+    assert outcome.exit_code == 0, outcome.output
+    summary = json.loads(outcome.output)
+    assert summary["psnr_tv"] > summary["psnr_input"] + 4  # a real baseline, not the noisy input again
+
+
 def test_restore_errors_name_the_bad_input(tmp_path):
     bad = tmp_path / "bad.png"
     bad.write_text("not an image")
