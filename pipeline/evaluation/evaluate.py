@@ -5,6 +5,8 @@
 ``dip report`` reads the results back. Every row carries three extra columns, ``suite``,
 ``subset`` (archive-synthetic: ``defects`` or ``clean``) and ``paper_psnr`` (the paper's DIP
 figure for the suite, where it gives one), which the batch job carries into the results table.
+denoise-color-25 rows also carry ``published_psnr``: the PSNR of CBM3D's published output of the
+image (``<name>_bm3d.png``, cropped like the others with ``--crop``), scored when the manifest is built.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from ..core.operators import parse_degradation
 from .suites import ARCHIVE_SIGMAS, ARCHIVE_TASKS, DENOISE_COLOR, INPAINT_SAMPLES, PAPER, SET5, SUITES
 
 COLUMNS = ("image_id", "uri", "task", "degradation", "reference_uri", "mask_uri", "preset", "params", "seed",
-           "suite", "subset", "paper_psnr")
+           "suite", "subset", "paper_psnr", "published_psnr")
 MANIFEST_NAME = "evaluation_manifest.parquet"
 
 
@@ -57,7 +59,7 @@ def build_rows(suite: str, data: str, output: str, *, preset: str | None = None,
     paper_psnr = PAPER[suite].get("dip")
     tv = suite == "set5-x4" if tv_baseline is None else tv_baseline
     for row in rows:
-        for column in ("uri", "reference_uri", "mask_uri"):
+        for column in ("uri", "reference_uri", "mask_uri", "published_uri"):
             url = row.get(column)
             if url is None:
                 continue
@@ -74,6 +76,8 @@ def build_rows(suite: str, data: str, output: str, *, preset: str | None = None,
                                         f"(is --data {data!r} laid out like ../shared/data?)")
         row.update(preset=preset or row["preset"], params=json.dumps({"tv_baseline": True}) if tv else None,
                    suite=suite, paper_psnr=paper_psnr)
+        if row.get("published_uri"):
+            row["published_psnr"] = published_psnr(row["published_uri"], row["reference_uri"], storage_options)
     return [{column: row.get(column) for column in COLUMNS} for row in rows]
 
 
@@ -87,7 +91,8 @@ def _suite_rows(suite: str, data: str, degradation: str | None, storage_options:
     if suite == "denoise-color-25":
         folder = "denoise_color_sigma25"
         return [{"image_id": name, "uri": at(folder, f"{name}_noisy.png"), "task": "denoise",
-                 "reference_uri": at(folder, f"{name}_GT.png"), "preset": "denoise"} for name in DENOISE_COLOR]
+                 "reference_uri": at(folder, f"{name}_GT.png"), "published_uri": at(folder, f"{name}_bm3d.png"),
+                 "preset": "denoise"} for name in DENOISE_COLOR]
     if suite == "archive-synthetic":  # both tasks see one observation: the seed is per image and subset
         folder = "denoise_color_sigma25"
         return [{"image_id": f"{name}-{kind}{sigma}-{task}", "uri": at(folder, f"{name}_GT.png"), "task": task,
@@ -108,6 +113,18 @@ def _suite_rows(suite: str, data: str, degradation: str | None, storage_options:
         raise ValueError(f"suite 'folder': no images ({', '.join(IMAGE_SUFFIXES)}) under {data!r}")
     return [{"image_id": manifest_id(u[len(base):].lstrip("/") if u.startswith(base) else u.rsplit("/", 1)[-1]),
              "uri": u, "degradation": degradation, "preset": None} for u in urls]
+
+
+def published_psnr(published: str, reference: str, storage_options: dict | None) -> float:
+    """PSNR (dB) of a published method's output of an image against the image's reference."""
+    from ..core.images import decode
+    from ..core.metrics import psnr
+
+    pictures = [decode(storage.read_bytes(u, storage_options), name=u) for u in (published, reference)]
+    if pictures[0].pixels.shape != pictures[1].pixels.shape:
+        raise ValueError(f"{published} is {pictures[0].width}x{pictures[0].height}, its reference {reference} "
+                         f"{pictures[1].width}x{pictures[1].height}")
+    return psnr(pictures[0].pixels, pictures[1].pixels)
 
 
 def centre_crop(data: bytes, size: int, name: str) -> bytes:
@@ -133,7 +150,7 @@ def write_manifest(rows: list[dict], output: str, storage_options: dict | None =
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    kinds = {"paper_psnr": pa.float64(), "seed": pa.int64()}
+    kinds = {"paper_psnr": pa.float64(), "published_psnr": pa.float64(), "seed": pa.int64()}
     schema = pa.schema([(c, kinds.get(c, pa.string())) for c in COLUMNS])
     sink = pa.BufferOutputStream()
     pq.write_table(pa.Table.from_pylist(rows, schema), sink)

@@ -27,7 +27,8 @@ from .html import MAX_CURVES, View, render
 from .summary import NO_SUITE, gains, groups, oracle_psnr, print_summary, summarize, to_csv, to_markdown
 
 MAX_FAILURES = 200  # failures listed in the HTML and Markdown (failures.csv has them all)
-EXTRA = {"suite": pa.string(), "subset": pa.string(), "paper_psnr": pa.float64()}  # an evaluation's own columns
+EXTRA = {"suite": pa.string(), "subset": pa.string(), "paper_psnr": pa.float64(),  # an evaluation's own columns
+         "published_psnr": pa.float64()}
 FAILURE_COLUMNS = ("image_id", "suite", "task", "attempt", "run_id", "uri", "error")
 COLUMNS = (  # what the summary, the page and failures.csv read of each row (history apart)
     "image_id", "uri", "task", "preset", "status", "error", "output_uri", "mask_output_uri", "psnr", "ssim", "psnr_y",

@@ -41,6 +41,7 @@ def fake_data(root: Path, width: int = 70, height: int = 52) -> Path:
     for i, name in enumerate(suites.DENOISE_COLOR):
         write_png(root / "denoise_color_sigma25" / f"{name}_noisy.png", width, height, 10 + i)
         write_png(root / "denoise_color_sigma25" / f"{name}_GT.png", width, height, 20 + i)
+        write_png(root / "denoise_color_sigma25" / f"{name}_bm3d.png", width, height, 50 + i)
     for i, name in enumerate(suites.INPAINT_SAMPLES):
         write_png(root / "samples" / "inpainting" / f"{name}.png", width, height, 30 + i)
         write_png(root / "samples" / "inpainting" / f"{name}_mask.png", width, height, 40 + i, mode="L")
@@ -80,6 +81,27 @@ def test_denoise_rows_pair_the_noisy_inputs_with_their_ground_truths(tmp_path):
         "denoise", None, "denoise", 30.43, None)
     with_tv = evaluate.build_rows("denoise-color-25", str(data), str(tmp_path / "out"), tv_baseline=True)
     assert json.loads(with_tv[0]["params"]) == {"tv_baseline": True}
+
+
+def test_denoise_rows_score_cbm3d_s_published_output_beside_them(tmp_path):
+    from pipeline.core.images import read
+    from pipeline.core.metrics import psnr
+
+    data = fake_data(tmp_path / "data")
+    folder = data / "denoise_color_sigma25"
+    clean = read(folder / "F16_GT.png").pixels
+    published = clean.clone()
+    published[..., :10, :] = 0.5  # a known error: the score must be of this file against the ground truth
+    Image.fromarray((published[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)).save(
+        folder / "F16_bm3d.png")
+    f16 = evaluate.build_rows("denoise-color-25", str(data), str(tmp_path / "out"))[0]
+    assert f16["published_psnr"] == pytest.approx(psnr(read(folder / "F16_bm3d.png").pixels, clean))
+    assert 10 < f16["published_psnr"] < 40
+    cropped = evaluate.build_rows("denoise-color-25", str(data), str(tmp_path / "crop"), crop=40)[0]
+    crop_of = [read(tmp_path / "crop" / "crops" / "denoise-color-25" / f"F16_{kind}.png").pixels
+               for kind in ("bm3d", "GT")]
+    assert cropped["published_psnr"] == pytest.approx(psnr(*crop_of))  # scored on the crop, like the fit
+    assert evaluate.build_rows("set5-x4", str(data), str(tmp_path / "out"))[0]["published_psnr"] is None
 
 
 def test_inpaint_rows_use_the_image_as_reference_and_their_paper_presets(tmp_path):
@@ -176,7 +198,7 @@ def test_the_manifest_passes_the_batch_jobs_checks_and_carries_suite_columns(tmp
     baby, kate = jobs["baby"], jobs["kate"]
     assert (baby.options.task, baby.options.scale, baby.options.preset, baby.options.tv_baseline) == (
         "sr", 4, "sr-x4", True)
-    assert baby.extra == {"suite": "set5-x4", "subset": None, "paper_psnr": 29.90}
+    assert baby.extra == {"suite": "set5-x4", "subset": None, "paper_psnr": 29.90, "published_psnr": None}
     assert (kate.options.task, kate.options.preset, kate.mask_uri is not None) == ("inpaint", "inpaint-text", True)
 
 
