@@ -190,17 +190,22 @@ def list_dir(url: str, storage_options: dict | None = None, *, retry_s: float = 
 
 
 def delete(urls: list[str], storage_options: dict | None = None, *, retry_s: float = RETRY_S) -> None:
-    """Remove files (one batched request per 1,000 keys on S3); files already gone are no error."""
+    """Remove files (one batched request per 1,000 keys on S3); files already gone are no error. On a
+    local disk the folders this leaves empty go too, as an object store keeps no empty prefix."""
     if not urls:
         return
     fs, _ = filesystem(urls[0], storage_options)
     paths = [filesystem(u, storage_options)[1] for u in urls]
+    local = isinstance(fs, LocalFileSystem)
 
     def remove() -> None:
         fs.invalidate_cache()
-        present = [p for p in paths if fs.exists(p)] if isinstance(fs, LocalFileSystem) else paths
+        present = [p for p in paths if fs.exists(p)] if local else paths
         if present:
             fs.rm(present)
+        for folder in sorted({os.path.dirname(p) for p in paths} if local else ()):
+            if os.path.isdir(folder) and not os.listdir(folder):
+                os.rmdir(folder)
 
     _retrying("delete", urls[0], storage_options, retry_s, remove)
 

@@ -233,3 +233,11 @@ def test_s3_write_while_the_server_is_down_lands_once_it_is_back(s3_server, s3_b
         restart.join()
         s3_server.start()
     assert storage.read_bytes(url, options) == b"survived"
+
+
+def test_delete_removes_files_and_the_local_folders_it_empties(tmp_path):
+    for name in ("a/1.bin", "a/2.bin", "b/1.bin", "b/keep.bin"):
+        storage.write_bytes(str(tmp_path / name), b"x")
+    storage.delete([str(tmp_path / n) for n in ("a/1.bin", "a/2.bin", "b/1.bin", "c/gone.bin")])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]  # a/ emptied and removed; b/ still holds a file
+    assert [p.name for p in (tmp_path / "b").iterdir()] == ["keep.bin"]

@@ -84,9 +84,7 @@ def compact(output: str, storage_options: dict | None = None, *, full: bool = Tr
     summary.written = tuple(kept.urls + moved.urls)
 
     # 4. Delete the inputs.
-    storage.delete(inputs, storage_options)
-    if files.legacy:
-        _remove_empty_folders(storage.join(output, "results"), storage_options)
+    storage.delete(inputs, storage_options)  # the per-image layout's folders go with their files
     return summary
 
 
@@ -138,14 +136,3 @@ class _Sink:
         self.urls.append(url)
         self.writer, self.sink, self.count = None, None, 0
 
-
-def _remove_empty_folders(prefix: str, storage_options: dict | None) -> None:
-    """The earlier layout's per-image folders, once empty (a local disk keeps them; a bucket has none)."""
-    import os
-
-    fs, path = storage.filesystem(prefix, storage_options)
-    if not isinstance(fs, storage.LocalFileSystem):
-        return
-    for entry in os.scandir(path):
-        if entry.is_dir() and not os.listdir(entry.path):
-            os.rmdir(entry.path)

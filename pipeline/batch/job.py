@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
@@ -208,14 +209,14 @@ def run(config: RunConfig, on_result: Callable[[dict], None] | None = None,
             num_cpus=config.cpus_per_fit,
             num_gpus=gpus,
         )
-        shards: set[str] = set()
+        shards: Counter[str] = Counter()  # rows per shard
         for row in fitted.iter_rows():
             row = {k: plain_value(v) for k, v in row.items()}
-            shards.add(row["shard"])
+            shards[row["shard"]] += 1
             summary.add(row)
             if on_result:
                 on_result(row)
-        summary.unrecorded = len(wait_for_shards(config, shards))
+        summary.unrecorded = sum(shards[url] for url in wait_for_shards(config, set(shards)))
         if config.compact:
             compact(config.output, config.storage_options, full=False)
     summary.seconds = time.perf_counter() - clock
@@ -237,13 +238,14 @@ def wait_for_shards(config: RunConfig, shards: set[str]) -> set[str]:
     killed before it wrote them; its images have no row, so a rerun fits them again)."""
     prefix = storage.join(config.output, "results")
     deadline = time.monotonic() + SHARD_WAIT_S
-    missing = {url.rsplit("/", 1)[-1] for url in shards}
+    missing = {url.rsplit("/", 1)[-1]: url for url in shards}  # compared by name: a local listing is absolute
     while missing:
-        missing -= {url.rsplit("/", 1)[-1] for url, _ in storage.list_dir(prefix, config.storage_options)}
+        for url, _ in storage.list_dir(prefix, config.storage_options):
+            missing.pop(url.rsplit("/", 1)[-1], None)
         if not missing or time.monotonic() > deadline:
             break
         time.sleep(0.2)
-    return missing
+    return set(missing.values())
 
 
 def _versions() -> dict:
