@@ -27,7 +27,7 @@ from .. import storage
 from ..core.config import stable_dict
 from ..core.formats import IMAGE_SUFFIXES
 from ..core.operators import parse_degradation
-from ..core.options import Options
+from ..core.options import Options, resolve_preset
 
 REQUIRED = ("image_id", "uri")
 OPTIONAL = ("task", "mask_uri", "reference_uri", "guide_uri", "scale", "degradation", "preset", "params", "seed")
@@ -212,14 +212,12 @@ def _template(defaults: Options, overrides: str, has_mask: bool, has_guide: bool
 def preset_fingerprint(options: Options) -> str:
     """The resolved preset as JSON (cached: a manifest resolves a handful of distinct ones)."""
     return _fingerprint(options.task, options.preset, options.scale, options.iterations, options.early_stop,
-                        options.stop_rule)
+                        options.stop_rule, options.tv_weight, options.average_last)
 
 
 @lru_cache(maxsize=1024)
 def _fingerprint(*key) -> str:
-    preset = Options(task=key[0], preset=key[1], scale=key[2]).resolve().with_overrides(
-        iterations=key[3], early_stop=key[4], stop_rule=key[5])
-    return json.dumps(stable_dict(preset), sort_keys=True)
+    return json.dumps(stable_dict(resolve_preset(*key)), sort_keys=True)
 
 
 def manifest_id(relative: str) -> str:

@@ -40,7 +40,7 @@ COLUMNS = {
     "mask_precision": pa.float64(), "mask_recall": pa.float64(), "mask_iou": pa.float64(),
     "iterations": pa.int64(), "best_iteration": pa.int64(), "stopped_early": pa.bool_(),
     "backtracks": pa.int64(), "seconds": pa.float64(), "device": pa.string(), "packed": pa.int64(), "tiles": pa.int64(),
-    "attempt": pa.int64(),
+    "restarts": pa.int64(), "attempt": pa.int64(),
     "config_hash": pa.string(), "seed": pa.int64(), "run_id": pa.string(),
     "started_at": pa.timestamp("us", tz="UTC"), "finished_at": pa.timestamp("us", tz="UTC"),
     "history": pa.string(),  # JSON list of {iteration, loss, psnr_observation, psnr_reference, seconds}

@@ -28,9 +28,19 @@ def degraded_input(operator: Operator, observation: Tensor) -> Tensor:
 
 def total_variation(x: Tensor, eps: float = 1e-8) -> Tensor:
     """The paper's TV: Σ sqrt((x[i,j+1]−x[i,j])² + (x[i+1,j]−x[i,j])²) over [1, C, H, W]."""
+    return _gradient_magnitude(x, eps).sum()
+
+
+def mean_total_variation(x: Tensor, eps: float = 1e-8) -> Tensor:
+    """The TV of each image of [N, C, H, W] per pixel: [N] (DIP-TV's term, on the data term's scale)."""
+    return _gradient_magnitude(x, eps).flatten(1).mean(1)
+
+
+def _gradient_magnitude(x: Tensor, eps: float) -> Tensor:
+    """sqrt(dx² + dy² + eps) of [N, C, H, W]: [N, C, H-1, W-1] (forward differences)."""
     dx = x[..., :-1, 1:] - x[..., :-1, :-1]
     dy = x[..., 1:, :-1] - x[..., :-1, :-1]
-    return torch.sqrt(dx**2 + dy**2 + eps).sum()
+    return torch.sqrt(dx**2 + dy**2 + eps)
 
 
 # The TV prior's weights, chosen on a calibration set disjoint from every evaluation image

@@ -140,6 +140,8 @@ class FitConfig:
     max_backtracks: int = 50
     check_every: int = 100  # iterations between checks: history, backtracking, early stop
     early_stop: EarlyStopConfig | None = None
+    tv_weight: float = 0.0  # DIP-TV (Liu et al. 2019): + tv_weight * the mean TV of the output, 0 = off
+    average_last: int = 0  # the output is the mean of the last N iterations' outputs, 0 = off
 
     def __post_init__(self):
         if self.iterations < 1:
@@ -152,6 +154,10 @@ class FitConfig:
             raise ValueError(f"ema must be in (0, 1) or None, got {self.ema!r}")
         if self.check_every < 1:
             raise ValueError(f"check_every must be >= 1, got {self.check_every!r}")
+        if not self.tv_weight >= 0:
+            raise ValueError(f"tv_weight must be >= 0, got {self.tv_weight!r}")
+        if self.average_last < 0:
+            raise ValueError(f"average_last must be >= 0, got {self.average_last!r}")
 
 
 # Fields added after result hashes were first written (``pipeline.batch.manifest.config_hash``),
@@ -160,7 +166,9 @@ class FitConfig:
 # every image. A new field of a hashed dataclass is added here with its default.
 ADDED_LATER: dict[str, dict[str, object]] = {
     "EarlyStopConfig": {"rule": "wmv", "margin": 1.0},
-    "Options": {"stop_rule": None, "defect_sensitivity": 1.0, "mask_mode": "combine"},
+    "FitConfig": {"tv_weight": 0.0, "average_last": 0},
+    "Options": {"stop_rule": None, "defect_sensitivity": 1.0, "mask_mode": "combine", "restarts": 1,
+                "tv_weight": 0.0, "average_last": 0},
 }
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
+from .baselines import mean_total_variation
 from .config import FitConfig
 from .early_stop import Discrepancy, MovingVariance
 from .engine import (
@@ -144,6 +145,8 @@ def fit_many(
     stopper = _detector(config, noise_sigma, n)
 
     ema: Tensor | None = None
+    tail, tail_count = None, 0  # the sum of the last average_last outputs, and their count
+    tail_from = config.iterations - config.average_last if config.average_last else math.inf
     checkpoint = _snapshot(net, optimizer, ema)
     last_good_loss = math.inf
     jump = 10 ** (config.backtrack_drop_db / 10)
@@ -151,10 +154,13 @@ def fit_many(
 
     with cudnn_benchmark(engine, device):
         def forward_loss(z_i: Tensor) -> tuple[Tensor, Tensor]:
-            """Step 3: x = f(z_i) cropped to the image; loss = Σ_n ‖A(x_n) − y_n‖² / size (fp32)."""
+            """Step 3: x = f(z_i) cropped to the image; loss = Σ_n ‖A(x_n) − y_n‖² / size (fp32),
+            + tv_weight · TV(x_n) / size with DIP-TV."""
             with autocast(engine, device):
                 x = crop_center(net(z_i), height, width)  # [N, C, H, W]
                 loss = (operator(x).float() - y.float()).square().flatten(1).mean(1).sum()  # scalar
+                if config.tv_weight > 0:
+                    loss = loss + config.tv_weight * mean_total_variation(x.float()).sum()
             return x, loss
 
         forward_loss = compile_step(forward_loss, net, z, engine)  # eager unless the engine compiles it
@@ -208,6 +214,9 @@ def fit_many(
                 if config.ema is not None:
                     ema = x.clone() if ema is None else ema.mul_(config.ema).add_(x, alpha=1 - config.ema)
                 candidate = ema if ema is not None else x
+                if i > tail_from:  # late iterates averaged: the mean of the raw outputs so far in the tail
+                    tail, tail_count = x.clone() if tail is None else tail.add_(x), tail_count + 1
+                    candidate = tail / tail_count
                 if stopper is not None:
                     stopper.update(x, candidate, i)
 

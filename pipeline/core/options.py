@@ -64,6 +64,13 @@ class Options:
     mask_mode: str = option("combine", "Archive with --mask: combine the given mask with the detected one "
                             "(both black areas are filled), or replace the detection by it.", str,
                             choices=("combine", "replace"))
+    restarts: int = option(1, "Fit the image N times, with seeds seed, seed+1, ..., and average the outputs "
+                           "(the paper's two-run average on the denoising set); N times the cost.", int, low=1,
+                           high=64)
+    tv_weight: float = option(0.0, "DIP-TV (Liu et al. 2019): add this weight times the output's mean total "
+                              "variation to the loss (0: off).", float, low=0, high=10)
+    average_last: int = option(0, "Return the mean of the outputs of the last N iterations instead of the last "
+                               "output (0: off; with early stopping, the stopping rule's output).", int, low=0)
     tv_baseline: bool = option(False, "Also minimise the TV prior with the same data term, and score it.", bool)
     time_limit_s: float | None = option(None, "Seconds a fit may run before it is stopped as an error.", float,
                                         flag="--time-limit", low=0, low_open=True)
@@ -96,7 +103,8 @@ class Options:
 
     def resolve(self) -> Preset:
         """The preset with this request's overrides (iterations, early stopping) applied."""
-        return _resolve(self.task, self.preset, self.scale, self.iterations, self.early_stop, self.stop_rule)
+        return resolve_preset(self.task, self.preset, self.scale, self.iterations, self.early_stop, self.stop_rule,
+                        self.tv_weight, self.average_last)
 
     def to_dict(self) -> dict:
         return {name: getattr(self, name) for name in OPTION_NAMES}
@@ -147,7 +155,8 @@ def _range(meta: dict) -> str:
 
 
 @lru_cache(maxsize=1024)
-def _resolve(task: str, preset: str | None, scale: int | None, iterations: int | None,
-             early_stop: bool | None, stop_rule: str | None) -> Preset:
-    return get_preset(task, preset, scale=scale).with_overrides(iterations=iterations, early_stop=early_stop,
-                                                                 stop_rule=stop_rule)
+def resolve_preset(task: str, preset: str | None, scale: int | None, iterations: int | None,
+             early_stop: bool | None, stop_rule: str | None, tv_weight: float = 0.0, average_last: int = 0) -> Preset:
+    return get_preset(task, preset, scale=scale).with_overrides(
+        iterations=iterations, early_stop=early_stop, stop_rule=stop_rule,
+        tv_weight=tv_weight or None, average_last=average_last or None)

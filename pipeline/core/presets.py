@@ -47,10 +47,12 @@ class Preset:
     early_stop: EarlyStopConfig = EarlyStopConfig()  # the detector used when early stopping is on
 
     def with_overrides(self, *, iterations: int | None = None, early_stop: bool | None = None,
-                       stop_rule: str | None = None) -> "Preset":
+                       stop_rule: str | None = None, tv_weight: float | None = None,
+                       average_last: int | None = None) -> "Preset":
         """This preset with the command-line overrides applied (None = keep the preset's); ``stop_rule``
         ("wmv", "discrepancy") is the rule early stopping uses when it is on (None: the task's
-        ``DEFAULT_STOP_RULE``, else the preset's)."""
+        ``DEFAULT_STOP_RULE``, else the preset's); ``tv_weight`` (DIP-TV) and ``average_last`` (late
+        iterates averaged) go to the fit."""
         fit, detector = self.fit, self.early_stop
         if stop_rule is None and early_stop:
             stop_rule = DEFAULT_STOP_RULE.get(self.task)
@@ -61,6 +63,10 @@ class Preset:
                 fit = replace(fit, early_stop=replace(fit.early_stop, rule=stop_rule, margin=margin))
         if iterations is not None:
             fit = replace(fit, iterations=int(iterations))
+        if tv_weight is not None:
+            fit = replace(fit, tv_weight=float(tv_weight))
+        if average_last is not None:
+            fit = replace(fit, average_last=int(average_last))
         if early_stop is not None:
             fit = replace(fit, early_stop=detector if early_stop else None)
         return replace(self, fit=fit, early_stop=detector)

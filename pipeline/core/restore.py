@@ -7,6 +7,7 @@ This is what ``dip restore`` and the batch job call. It takes decoded pictures
     restore(observed, options)   check_inputs -> [archive_mask] -> choose_tile
                                  -> (restore_tiled | prepare -> fit -> finish)
     restore_many([{observed, options}, ...])   prepare each -> fit_many(PackedNets) -> finish each
+    restore with options.restarts > 1           restore_averaged: N seeded restores, averaged
 """
 
 from __future__ import annotations
@@ -48,10 +49,13 @@ class Restoration:
     preset: Preset
     metrics: dict  # psnr, ssim, psnr_y (sr), psnr_input: dB / [0, 1]; None without a reference
     mask: Picture | None = None  # archive: the mask the fit used (white = kept, black = filled)
+    restart_psnr: list | None = None  # restarts: each fit's PSNR, dB (None entries without a reference)
 
     def summary(self) -> dict:
         """Metrics and timings as plain JSON-able values."""
+        extra = {} if self.restart_psnr is None else {"restart_psnr": self.restart_psnr}
         return {
+            **extra,
             "task": self.preset.task,
             "preset": self.preset.name,
             **self.metrics,
@@ -83,6 +87,8 @@ def restore(
     ``options.tiling`` off it raises ``FitTooLarge`` before anything is allocated.
     """
     check_inputs(observed, options, mask=mask, guide=guide)
+    if options.restarts > 1:
+        return restore_averaged(observed, options, mask=mask, reference=reference, guide=guide)
     if options.task == "archive":  # found once on the whole image; each tile gets its part
         mask, options = archive_mask(observed, options, mask), replace(options, mask_mode="replace")
     tile = choose_tile(observed, options)
@@ -292,8 +298,16 @@ def restore_tiled(
     metrics = score(options.task, image, ref, observed.pixels, baselines={})
     metrics["noise_sigma"] = _noise_sigma(observed)
     metrics["tiles"] = len(boxes)
-    fits = [r.fit for r in results]
-    summed = FitResult(
+    picture = Picture(pixels=image, alpha=_resize_alpha(observed.alpha, height, width), bit_depth=observed.bit_depth,
+                      metadata=_scaled_dpi(observed.metadata, s))
+    return Restoration(picture=picture, fit=_summed([r.fit for r in results], image), preset=results[0].preset,
+                       metrics=metrics)
+
+
+def _summed(fits: list[FitResult], image: Tensor) -> FitResult:
+    """One FitResult for several fits making ``image`` (tiles, restarts): seconds and backtracks
+    summed, the largest iteration counts, stopped early when every fit was, no history."""
+    return FitResult(
         image=image,
         best_iteration=max(f.best_iteration for f in fits),
         iterations=max(f.iterations for f in fits),
@@ -302,9 +316,40 @@ def restore_tiled(
         seconds=sum(f.seconds for f in fits),
         history=[],
     )
-    picture = Picture(pixels=image, alpha=_resize_alpha(observed.alpha, height, width), bit_depth=observed.bit_depth,
-                      metadata=_scaled_dpi(observed.metadata, s))
-    return Restoration(picture=picture, fit=summed, preset=results[0].preset, metrics=metrics)
+
+
+# -----------------------------------------------------------------------------
+# restarts: N seeded fits of one image, averaged
+
+
+def restore_averaged(
+    observed: Picture,
+    options: Options,
+    *,
+    mask: Picture | None = None,
+    reference: Picture | None = None,
+    guide: Picture | None = None,
+) -> Restoration:
+    """``options.restarts`` fits of ``observed`` with seeds options.seed, options.seed + 1, ...
+    (each as ``restore`` does it: tiled where it must be), their outputs averaged pixel by pixel.
+
+    The metrics are the first fit's with psnr, ssim and psnr_y of the average, and metrics["restarts"]
+    = N; ``restart_psnr`` holds each fit's PSNR. The FitResult sums the fits' seconds (``_summed``);
+    options.time_limit_s bounds each fit.
+    """
+    runs = [restore(observed, replace(options, restarts=1, seed=options.seed + k), mask=mask,
+                    reference=reference, guide=guide) for k in range(options.restarts)]
+    image = torch.stack([run.fit.image for run in runs]).mean(0)  # [1, C, H, W], in [0, 1]
+    first = runs[0]
+    metrics = dict(first.metrics)
+    if reference is not None:
+        ref = _check_reference(reference, observed.channels, *image.shape[-2:])
+        fresh = score(options.task, image, ref)
+        metrics.update({k: fresh[k] for k in ("psnr", "ssim", "psnr_y")})
+    metrics["restarts"] = len(runs)
+    return Restoration(picture=replace(first.picture, pixels=image), fit=_summed([run.fit for run in runs], image),
+                       preset=first.preset, metrics=metrics, mask=first.mask,
+                       restart_psnr=[run.metrics["psnr"] for run in runs])
 
 
 def _crop(picture: Picture | None, top: int, left: int, h: int, w: int) -> Picture | None:
@@ -322,7 +367,7 @@ def _crop(picture: Picture | None, top: int, left: int, h: int, w: int) -> Pictu
 def pack_key(observed: Picture, options: Options) -> tuple | None:
     """Images with equal keys can share one packed fit (``restore_many``): every option but the
     seed, and the image's channels and size. None = fit it alone."""
-    if options.task not in PACKABLE_TASKS:
+    if options.task not in PACKABLE_TASKS or options.restarts > 1:
         return None
     return (replace(options, seed=0), observed.channels, observed.height, observed.width)
 

@@ -161,7 +161,34 @@ def test_moving_variance_finds_the_minimum_of_a_synthetic_sequence():
     assert i < 199
 
 
-@pytest.mark.parametrize("field,value", [("iterations", 0), ("lr", 0), ("reg_noise_std", -1), ("ema", 1.0)])
+def test_late_iterates_are_averaged_over_exactly_the_last_n_iterations():
+    # The same seeded trajectory run for 7 and 8 iterations gives the outputs of iterations 7 and 8;
+    # averaging the last 2 of an 8-iteration run gives their mean.
+    h, w = 16, 16
+    clean = smooth_image(h, w)
+    noisy = Denoise(25).degrade(clean, torch.Generator().manual_seed(0))
+    config = FitConfig(iterations=8, lr=0.01, reg_noise_std=1 / 30, check_every=4)
+    seventh, eighth = (run(Denoise(), noisy, replace(config, iterations=k), h=h, w=w).image for k in (7, 8))
+    averaged = run(Denoise(), noisy, replace(config, average_last=2), h=h, w=w).image
+    assert not torch.allclose(seventh, eighth, atol=1e-4)
+    torch.testing.assert_close(averaged, ((seventh + eighth) / 2).clamp(0, 1), atol=1e-5, rtol=0)
+
+
+def test_dip_tv_gives_a_smoother_output_than_plain_dip_from_the_same_start():
+    from pipeline.core.baselines import mean_total_variation
+
+    h, w = 32, 32
+    clean = smooth_image(h, w)
+    noisy = Denoise(25).degrade(clean, torch.Generator().manual_seed(0))
+    config = FitConfig(iterations=150, lr=0.01, check_every=50)
+    plain = run(Denoise(), noisy, config, h=h, w=w).image
+    smooth = run(Denoise(), noisy, replace(config, tv_weight=0.5), h=h, w=w).image
+    assert mean_total_variation(smooth).item() < 0.8 * mean_total_variation(plain).item()
+    assert mse(smooth, clean) < mse(noisy, clean)
+
+
+@pytest.mark.parametrize("field,value", [("iterations", 0), ("lr", 0), ("reg_noise_std", -1), ("ema", 1.0),
+                                         ("tv_weight", -0.1), ("average_last", -1)])
 def test_bad_fit_config_is_named(field, value):
     with pytest.raises(ValueError, match=field):
         FitConfig(**{field: value})

@@ -137,3 +137,19 @@ def test_paper_presets_match_the_paper_table():
     assert PAPER["inpaint-holes"].input_kind == "meshgrid" and set(PAPER["inpaint-holes"].net.channels_skip) == {0}
     assert PAPER["invert"].net.depth == 6
     assert get_preset("sr", scale=8).name == "sr-x8" and get_preset("sr", scale=4).name == "sr-x4"
+
+
+def test_restarts_average_the_fits_of_consecutive_seeds():
+    from pipeline.core.restore import pack_key
+
+    yy, xx = torch.meshgrid(torch.linspace(0, 1, 24), torch.linspace(0, 1, 24), indexing="ij")
+    clean = picture(torch.stack([xx, yy, (xx + yy) / 2])[None])
+    noisy = synthesize(clean, "noise:25", seed=0).observed
+    options = Options(task="denoise", preset=CPU_SMALL, iterations=30, seed=5)
+    fits = [restore(noisy, replace(options, seed=s), reference=clean) for s in (5, 6)]
+    averaged = restore(noisy, replace(options, restarts=2), reference=clean)
+    torch.testing.assert_close(averaged.picture.pixels, (fits[0].picture.pixels + fits[1].picture.pixels) / 2)
+    assert averaged.metrics["restarts"] == 2
+    assert averaged.restart_psnr == [f.metrics["psnr"] for f in fits]
+    assert averaged.metrics["psnr"] != fits[0].metrics["psnr"]
+    assert pack_key(noisy, replace(options, restarts=2)) is None  # restarts are not packed
