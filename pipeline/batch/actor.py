@@ -100,7 +100,9 @@ class FitActor:
         job, options = item.job, item.options
         item.row["preset"] = options.resolve().name
         return load_inputs(job.uri, mask_uri=job.mask_uri, reference_uri=job.reference_uri, guide_uri=job.guide_uri,
-                           degradation=job.degradation, seed=options.seed, storage_options=self.storage_options,
+                           degradation=job.degradation,
+                           seed=options.seed if job.degradation_seed is None else job.degradation_seed,
+                           storage_options=self.storage_options,
                            max_pixels=self.max_pixels)
 
     def fit(self, group: list[_Item]) -> None:

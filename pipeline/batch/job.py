@@ -112,7 +112,7 @@ def write_plan(config: RunConfig, run_id: str) -> tuple[str, RunSummary]:
     plan_url = storage.join(config.output, "runs", f"{run_id}.plan.parquet")
     schema = pa.schema([(name, pa.string()) for name in (
         "image_id", "uri", "options", "mask_uri", "reference_uri", "guide_uri", "degradation",
-        "config_hash", "extra")] + [("attempt", pa.int64())])
+        "config_hash", "extra")] + [("degradation_seed", pa.int64()), ("attempt", pa.int64())])
     jobs: list[manifest.Job] = []
     sink = pa.BufferOutputStream()
 

@@ -2,7 +2,9 @@
 
 Columns: ``image_id`` and ``uri`` (required); ``task``, ``mask_uri``, ``reference_uri``,
 ``guide_uri``, ``scale``, ``degradation``, ``preset``, ``params`` (JSON of ``dip restore``
-option names), ``seed`` (optional). Other columns are the archive's own and are carried
+option names), ``seed``, ``degradation_seed`` (the seed of a ``degradation``'s draw, where it
+is not the fit's: the replicates of an evaluation over several seeds see one observation) (optional).
+Other columns are the archive's own and are carried
 through to the results untouched.
 
 The manifest is read in record batches, never whole. ``plan`` checks every row before
@@ -30,7 +32,8 @@ from ..core.operators import parse_degradation
 from ..core.options import Options, resolve_preset
 
 REQUIRED = ("image_id", "uri")
-OPTIONAL = ("task", "mask_uri", "reference_uri", "guide_uri", "scale", "degradation", "preset", "params", "seed")
+OPTIONAL = ("task", "mask_uri", "reference_uri", "guide_uri", "scale", "degradation", "preset", "params", "seed",
+            "degradation_seed")
 # the tasks a degradation's observation may be restored by, its own first (a synthetic archive scan
 # may also be restored by plain denoising, the comparison of the archive-synthetic suite)
 DEGRADATION_TASKS = {"noise": ("denoise",), "downsample": ("sr",), "mask": ("inpaint",), "jpeg": ("jpeg",),
@@ -55,12 +58,14 @@ class Job:
     degradation: str | None
     config_hash: str
     extra: dict  # the archive's own columns
+    degradation_seed: int | None = None  # the degradation's draw (None: the fit's seed)
 
     def to_row(self) -> dict:
         return {
             "image_id": self.image_id, "uri": self.uri, "options": json.dumps(self.options.to_dict()),
             "mask_uri": self.mask_uri, "reference_uri": self.reference_uri, "guide_uri": self.guide_uri,
             "degradation": self.degradation, "config_hash": self.config_hash, "extra": json.dumps(self.extra),
+            "degradation_seed": self.degradation_seed,
         }
 
     @classmethod
@@ -69,6 +74,7 @@ class Job:
             image_id=row["image_id"], uri=row["uri"], options=Options(**json.loads(row["options"])),
             mask_uri=row["mask_uri"], reference_uri=row["reference_uri"], guide_uri=row["guide_uri"],
             degradation=row["degradation"], config_hash=row["config_hash"], extra=json.loads(row["extra"]),
+            degradation_seed=row.get("degradation_seed"),
         )
 
 
@@ -170,6 +176,16 @@ def resolve(row: dict, defaults: Options) -> Job:
             raise ValueError(f"params must be a JSON object, got {_short(params)}")
         overrides.update(parsed)
     seed = overrides.pop("seed") if "seed" in overrides else derive_seed(defaults.seed, image_id)
+    degradation_seed = row.get("degradation_seed")
+    if degradation_seed is not None and not (isinstance(degradation_seed, float) and math.isnan(degradation_seed)):
+        if not degradation:
+            raise ValueError(f"degradation_seed {degradation_seed!r} is given but the row has no degradation")
+        if isinstance(degradation_seed, bool) or not isinstance(degradation_seed, int | float) \
+                or degradation_seed != int(degradation_seed):
+            raise ValueError(f"degradation_seed must be an integer, got {_short(degradation_seed)}")
+        degradation_seed = int(degradation_seed)
+    else:
+        degradation_seed = None
     if overrides.get("task", defaults.task) != defaults.task and "preset" not in overrides:
         overrides["preset"] = None if defaults.preset != "cpu-small" else "cpu-small"
     mask_uri = row.get("mask_uri") or None
@@ -190,9 +206,11 @@ def resolve(row: dict, defaults: Options) -> Job:
         # what determines the result: not where it runs, nor how long it may take
         "options": {**hashed, "seed": seed}, "preset": fingerprint,
     }
+    if degradation_seed is not None:  # (absent from the hash otherwise: the hashes written before it stand)
+        fields["degradation_seed"] = degradation_seed
     return Job(image_id=image_id, uri=uri, options=options, mask_uri=mask_uri,
                reference_uri=fields["reference_uri"], guide_uri=fields["guide_uri"], degradation=degradation,
-               config_hash=config_hash(fields), extra=extra)
+               config_hash=config_hash(fields), extra=extra, degradation_seed=degradation_seed)
 
 
 @lru_cache(maxsize=4096)

@@ -30,11 +30,14 @@ from .run import run_batch
               help="Suite 'folder' (required there): noise:25, downsample:4, mask:bernoulli:0.5, jpeg:10.")
 @click.option("--tv-baseline/--no-tv-baseline", default=None,
               help="Also score the TV prior (default: on for set5-x4, off otherwise).")
+@click.option("--seeds", type=click.IntRange(1, 100), default=1, show_default=True,
+              help="Fit each image K times (fit seeds of their own, one observation); the report shows the mean and "
+              "spread per image and per suite.")
 @batch_options(exclude={"manifest", "task", "scale", "tv_baseline"})
 @address_option
 @num_cpus_option
 @quiet_option
-def evaluate(suite, data, limit, crop, degradation, tv_baseline, address, num_cpus, quiet, **values):
+def evaluate(suite, data, limit, crop, degradation, tv_baseline, seeds, address, num_cpus, quiet, **values):
     """Build SUITE's manifest (set5-x4, denoise-color-25, inpaint-samples, folder) under --output
     and run it as a batch; then `dip report OUTPUT`. Exit codes as `dip run`."""
     from ..evaluation import evaluate as suites
@@ -47,13 +50,15 @@ def evaluate(suite, data, limit, crop, degradation, tv_baseline, address, num_cp
             raise ValueError(f"suite {suite!r} needs --data"
                              + ("" if suite == "folder" else " (../shared/data is not there)"))
         rows = suites.build_rows(suite, data, values["output"], preset=values["preset"], limit=limit, crop=crop,
-                                 degradation=degradation, tv_baseline=tv_baseline, storage_options=options)
+                                 degradation=degradation, tv_baseline=tv_baseline, seeds=seeds,
+                                 storage_options=options)
         manifest = suites.write_manifest(rows, values["output"], options)
     except (ValueError, OSError, click.BadParameter) as error:
         click.echo(f"dip evaluate: could not start: {error}", err=True)
         sys.exit(EXIT_NOT_STARTED)
     if not quiet:
-        click.echo(f"suite {suite}: {len(rows)} images, manifest {manifest}", err=True)
+        fits = f" x {seeds} seeds" if seeds > 1 else ""
+        click.echo(f"suite {suite}: {len(rows) // seeds} images{fits}, manifest {manifest}", err=True)
     code = run_batch({**values, "manifest": manifest}, address, num_cpus, quiet)
     if not quiet:
         click.echo(f"report: dip report {values['output']}", err=True)

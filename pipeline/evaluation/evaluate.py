@@ -7,6 +7,11 @@
 figure for the suite, where it gives one), which the batch job carries into the results table.
 denoise-color-25 rows also carry ``published_psnr``: the PSNR of CBM3D's published output of the
 image (``<name>_bm3d.png``, cropped like the others with ``--crop``), scored when the manifest is built.
+
+Over several seeds (``dip evaluate --seeds K``) each image is K rows, ``<id>-s1`` ... ``<id>-sK``,
+with ``replicate_of`` (the image's id) and ``replicate`` (1..K): K fit seeds (derived from the run's
+seed and the row's id, as every row's), one observation (a degradation's draw seeded by
+``degradation_seed``, the same on the K rows). ``dip report`` shows their mean and spread.
 """
 
 from __future__ import annotations
@@ -22,20 +27,21 @@ from ..core.operators import parse_degradation
 from .suites import ARCHIVE_SIGMAS, ARCHIVE_TASKS, DENOISE_COLOR, INPAINT_SAMPLES, PAPER, SET5, SUITES
 
 COLUMNS = ("image_id", "uri", "task", "degradation", "reference_uri", "mask_uri", "preset", "params", "seed",
-           "suite", "subset", "paper_psnr", "published_psnr")
+           "degradation_seed", "suite", "subset", "paper_psnr", "published_psnr", "replicate_of", "replicate")
+MAX_SEEDS = 100
 MANIFEST_NAME = "evaluation_manifest.parquet"
 
 
 def build_rows(suite: str, data: str, output: str, *, preset: str | None = None, limit: int | None = None,
                crop: int | None = None, degradation: str | None = None, tv_baseline: bool | None = None,
-               storage_options: dict | None = None) -> list[dict]:
+               seeds: int = 1, storage_options: dict | None = None) -> list[dict]:
     """The manifest rows of ``suite`` over the images under ``data`` (a folder or URL prefix).
 
     preset: replaces each row's paper preset (e.g. ``cpu-small``); limit: keep the first N
     images; crop: write N x N centre crops (N a multiple of 4) of each image, and of its mask and
     reference, under ``<output>/crops/<suite>/`` and point the rows at them; tv_baseline: also
-    score the TV prior (None: on for set5-x4 only). Raises ValueError naming a bad value,
-    FileNotFoundError naming a missing file.
+    score the TV prior (None: on for set5-x4 only); seeds: K > 1 makes K replicate rows of each
+    image (``replicates``). Raises ValueError naming a bad value, FileNotFoundError naming a missing file.
     """
     # 1. Check the arguments.
     if suite not in SUITES:
@@ -44,6 +50,8 @@ def build_rows(suite: str, data: str, output: str, *, preset: str | None = None,
         raise ValueError(f"limit must be >= 1, got {limit!r}")
     if crop is not None and (crop < 4 or crop % 4):
         raise ValueError(f"crop must be a positive multiple of 4, got {crop!r}")
+    if isinstance(seeds, bool) or not isinstance(seeds, int) or not 1 <= seeds <= MAX_SEEDS:
+        raise ValueError(f"seeds must be an integer from 1 to {MAX_SEEDS}, got {seeds!r}")
     if suite == "folder" and not degradation:
         raise ValueError("suite 'folder' needs a degradation (noise:25, downsample:4, mask:bernoulli:0.5, jpeg:10)")
     if suite != "folder" and degradation:
@@ -78,7 +86,22 @@ def build_rows(suite: str, data: str, output: str, *, preset: str | None = None,
                    suite=suite, paper_psnr=paper_psnr)
         if row.get("published_uri"):
             row["published_psnr"] = published_psnr(row["published_uri"], row["reference_uri"], storage_options)
-    return [{column: row.get(column) for column in COLUMNS} for row in rows]
+    return [{column: row.get(column) for column in COLUMNS} for row in replicates(rows, seeds)]
+
+
+def replicates(rows: list[dict], seeds: int) -> list[dict]:
+    """Each row as ``seeds`` rows ``<id>-s1`` ... (the rows themselves when ``seeds`` is 1): fit seeds
+    of their own (a row's explicit seed becomes the draw's), one degradation draw, seeded by the row's
+    explicit seed or else by its id."""
+    if seeds == 1:
+        return rows
+    out = []
+    for row in rows:
+        draw = row["seed"] if row.get("seed") is not None else derive_seed(0, row["image_id"])
+        for k in range(1, seeds + 1):
+            out.append({**row, "image_id": f"{row['image_id']}-s{k}", "seed": None, "replicate_of": row["image_id"],
+                        "replicate": k, "degradation_seed": draw if row.get("degradation") else None})
+    return out
 
 
 def _suite_rows(suite: str, data: str, degradation: str | None, storage_options: dict | None) -> list[dict]:
@@ -150,7 +173,8 @@ def write_manifest(rows: list[dict], output: str, storage_options: dict | None =
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    kinds = {"paper_psnr": pa.float64(), "published_psnr": pa.float64(), "seed": pa.int64()}
+    kinds = {"paper_psnr": pa.float64(), "published_psnr": pa.float64(), "seed": pa.int64(),
+             "degradation_seed": pa.int64(), "replicate": pa.int64()}
     schema = pa.schema([(c, kinds.get(c, pa.string())) for c in COLUMNS])
     sink = pa.BufferOutputStream()
     pq.write_table(pa.Table.from_pylist(rows, schema), sink)

@@ -7,8 +7,9 @@
    best PSNR, the oracle, and the whole history of the images shown): memory grows with the
    images, not with the attempts or the histories.
 3. Summarise per suite and task (``summary.summarize``) and write ``summary.csv``, ``summary.md``,
-   ``report.html`` (``evaluation.html``; at most ``MAX_FAILURES`` failures listed) and, where
-   images failed, ``failures.csv`` with every failure, under the output prefix; print the table.
+   ``report.html`` (``evaluation.html``; at most ``MAX_FAILURES`` failures listed), where images were
+   fitted over several seeds ``seeds.csv`` (each image's mean and spread), and, where images failed,
+   ``failures.csv`` with every failure, under the output prefix; print the table.
 """
 
 from __future__ import annotations
@@ -24,11 +25,22 @@ import pyarrow.csv as pacsv
 from .. import storage
 from ..batch import results
 from .html import MAX_CURVES, View, render
-from .summary import NO_SUITE, gains, groups, oracle_psnr, print_summary, summarize, to_csv, to_markdown
+from .summary import (
+    NO_SUITE,
+    gains,
+    groups,
+    oracle_psnr,
+    per_image_seeds,
+    print_summary,
+    seeds_csv,
+    summarize,
+    to_csv,
+    to_markdown,
+)
 
 MAX_FAILURES = 200  # failures listed in the HTML and Markdown (failures.csv has them all)
 EXTRA = {"suite": pa.string(), "subset": pa.string(), "paper_psnr": pa.float64(),  # an evaluation's own columns
-         "published_psnr": pa.float64()}
+         "published_psnr": pa.float64(), "replicate_of": pa.string(), "replicate": pa.int64()}
 FAILURE_COLUMNS = ("image_id", "suite", "task", "attempt", "run_id", "uri", "error")
 COLUMNS = (  # what the summary, the page and failures.csv read of each row (history apart)
     "image_id", "uri", "task", "preset", "status", "error", "output_uri", "mask_output_uri", "psnr", "ssim", "psnr_y",
@@ -107,6 +119,7 @@ def write_report(output: str, storage_options: dict | None = None, *, max_images
     latest = read_latest(output, storage_options, max_images=max_images)
     table = latest.table
     summary = summarize(table)
+    seeds = per_image_seeds(table)
     failed_rows = table.filter(pc.invert(pc.equal(table["status"], "ok").fill_null(False)))
     failures = failed_rows.slice(0, MAX_FAILURES).to_pylist()
     shown = [{**row, "history": latest.histories[row["image_id"]]}
@@ -117,9 +130,11 @@ def write_report(output: str, storage_options: dict | None = None, *, max_images
                 done=latest.done)
     files = {
         "summary.csv": to_csv(summary).encode(),
-        "summary.md": to_markdown(output, summary, len(table), failures, len(failed_rows)).encode(),
+        "summary.md": to_markdown(output, summary, len(table), failures, len(failed_rows), seeds).encode(),
         "report.html": render(output, summary, view, storage_options, max_images=max_images).encode(),
     }
+    if seeds:
+        files["seeds.csv"] = seeds_csv(seeds).encode()
     if len(failed_rows):
         buffer = io.BytesIO()
         pacsv.write_csv(failed_rows.select(list(FAILURE_COLUMNS)), buffer)

@@ -7,7 +7,10 @@ bicubic or the input, the TV prior); the difference to the paper's figure (``pap
 the suite's paper metric); GPU- and CPU-seconds. Where the rows have them: the oracle's PSNR (the
 best along each fit's history, which needs the reference), the mean iterations, the noise level's
 relative error (σ̂ against the true grain) and the defect mask's precision, recall and IoU
-(archive-synthetic, whose ``subset`` column, ``defects`` or ``clean``, splits its groups).
+(archive-synthetic, whose ``subset`` column, ``defects`` or ``clean``, splits its groups). Over
+several seeds (rows with ``replicate_of``, ``dip evaluate --seeds K``): the seeds, the mean over images
+of each image's spread (the standard deviation over its seeds of the paper metric) and the spread of the
+suite's mean over the seeds; ``per_image_seeds`` gives each image's mean, spread and range.
 
 All PSNR figures are dB, SSIM in [0, 1]. Infinite values (an input equal to its reference, as in
 the inpaint-samples suite) are left out of the means.
@@ -34,7 +37,7 @@ SUMMARY_COLUMNS = (
     *(f"{b}_mean" for b in BASELINES),
     "paper_metric", "paper_psnr", "paper_delta", "gpu_seconds", "cpu_seconds",
     "psnr_oracle_mean", "iterations_mean", "sigma_error_mean", "mask_precision_mean", "mask_recall_mean",
-    "mask_iou_mean", "defect_fraction_mean", "published_psnr_mean",
+    "mask_iou_mean", "defect_fraction_mean", "published_psnr_mean", "seeds", "seed_std_mean", "suite_seed_std",
 )  # fmt: skip
 LABELS = {  # headings for the terminal and Markdown tables
     "psnr_mean": "PSNR", "psnr_median": "PSNR median", "psnr_y_mean": "PSNR-Y", "psnr_y_median": "PSNR-Y median",
@@ -44,12 +47,15 @@ LABELS = {  # headings for the terminal and Markdown tables
     "gpu_seconds": "GPU s", "cpu_seconds": "CPU s", "psnr_oracle_mean": "oracle PSNR",
     "iterations_mean": "iterations", "sigma_error_mean": "noise error", "mask_precision_mean": "mask precision",
     "mask_recall_mean": "mask recall", "mask_iou_mean": "mask IoU", "defect_fraction_mean": "masked share",
-    "published_psnr_mean": "CBM3D (published)",
+    "published_psnr_mean": "CBM3D (published)", "seeds": "seeds", "seed_std_mean": "spread per image (std)",
+    "suite_seed_std": "spread of the mean (std)",
 }
+SEED_COLUMNS = ("suite", "task", "image", "metric", "seeds", "mean", "std", "min", "max")
 NOTE = ("PSNR in dB, the latest attempt of each image. Baseline: bicubic for super-resolution, the degraded "
         "input otherwise; TV: the TV prior with the same data term. 'DIP - paper' on the suite's paper metric "
         "(PSNR-Y, the paper's protocol, for super-resolution).")
 NO_SUITE = "-"  # results of a plain ``dip run`` (no suite column)
+MAX_SEED_ROWS = 200  # images over seeds listed in summary.md (seeds.csv has them all)
 
 
 def finite(values) -> list[float]:
@@ -144,8 +150,63 @@ def summarize(table: pa.Table) -> list[dict]:
             entry[summary_column] = _mean(numbers[name][done])
         entry["gpu_seconds"] = float(seconds[member & on_gpu].sum())
         entry["cpu_seconds"] = float(seconds[member & on_cpu].sum())
+        entry.update(seed_spread(table, done, metric))
         summary.append(entry)
     return summary
+
+
+def _replicates(table: pa.Table, rows: np.ndarray, metric: str):
+    """Of the ``rows`` (a mask) that are replicates with a finite metric: (image index per row, image
+    names, replicate per row, metric values); None where there are none."""
+    of = column(table, "replicate_of", pa.string())
+    keep = rows & pc.is_valid(of).to_numpy(zero_copy_only=False) & np.isfinite(values(table, metric))
+    if not keep.any():
+        return None
+    names, index = np.unique(np.asarray(of.to_numpy(zero_copy_only=False), dtype=object)[keep].astype(str),
+                             return_inverse=True)
+    return index, names, values(table, "replicate")[keep], values(table, metric)[keep]
+
+
+def seed_spread(table: pa.Table, rows: np.ndarray, metric: str) -> dict:
+    """The group's figures over seeds (``seeds``, ``seed_std_mean``, ``suite_seed_std``; None each
+    where the rows are no replicates): standard deviations with one degree of freedom, dB."""
+    found = _replicates(table, rows, metric)
+    if found is None:
+        return {"seeds": None, "seed_std_mean": None, "suite_seed_std": None}
+    index, names, replicate, value = found
+    stds = [value[index == i].std(ddof=1) for i in range(len(names)) if (index == i).sum() > 1]
+    means = [value[replicate == k].mean() for k in np.unique(replicate)]
+    return {"seeds": int(len(np.unique(replicate))), "seed_std_mean": float(np.mean(stds)) if stds else None,
+            "suite_seed_std": float(np.std(means, ddof=1)) if len(means) > 1 else None}
+
+
+def per_image_seeds(table: pa.Table) -> list[dict]:
+    """Per suite, task and image evaluated over several seeds: the paper metric's mean, standard
+    deviation (one degree of freedom), minimum and maximum over the image's ok replicates."""
+    codes, names = groups(table)
+    ok = pc.equal(table["status"], "ok").fill_null(False).to_numpy(zero_copy_only=False)
+    out = []
+    for code, (suite, task) in enumerate(names):
+        metric = paper_metric(suite, task)
+        found = _replicates(table, ok & (codes == code), metric)
+        if found is None:
+            continue
+        index, images, _, value = found
+        for i, image in enumerate(images):
+            mine = value[index == i]
+            out.append({"suite": suite, "task": task, "image": image, "metric": metric, "seeds": len(mine),
+                        "mean": float(mine.mean()), "std": float(mine.std(ddof=1)) if len(mine) > 1 else None,
+                        "min": float(mine.min()), "max": float(mine.max())})
+    return out
+
+
+def seeds_csv(rows: list[dict]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=SEED_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()})
+    return buffer.getvalue()
 
 
 def gains(table: pa.Table) -> dict[tuple[str, str], np.ndarray]:
@@ -185,7 +246,7 @@ def cell(entry: dict, column: str) -> str:
         return f"{value:+.2f}"
     if column.startswith(("ssim", "mask_", "sigma_error", "defect_fraction")):
         return f"{value:.3f}"
-    if column == "iterations_mean":
+    if column in ("iterations_mean", "seeds"):
         return f"{value:.0f}"
     if isinstance(value, float):
         return f"{value:.1f}" if column.endswith("seconds") else f"{value:.2f}"
@@ -201,8 +262,10 @@ def to_csv(summary: list[dict]) -> str:
     return buffer.getvalue()
 
 
-def to_markdown(output: str, summary: list[dict], images: int, failures: list[dict], failed: int) -> str:
-    """The summary table, the paper's figures and the failures (``failures``: the first of ``failed``)."""
+def to_markdown(output: str, summary: list[dict], images: int, failures: list[dict], failed: int,
+                seeds: list[dict] | None = None) -> str:
+    """The summary table, the paper's figures, each image over its seeds (``per_image_seeds``, the
+    first ``MAX_SEED_ROWS``) and the failures (``failures``: the first of ``failed``)."""
     columns = shown_columns(summary)
     lines = [f"# dip report: {output}", "",
              f"{images} images. {NOTE}", "",
@@ -212,6 +275,13 @@ def to_markdown(output: str, summary: list[dict], images: int, failures: list[di
     papers = [f"- {e['suite']}: {paper_figures(e['suite'])}" for e in summary if paper_figures(e["suite"])]
     if papers:
         lines += ["", "Paper figures (dB):", "", *dict.fromkeys(papers)]
+    if seeds:
+        more = f" (the first {MAX_SEED_ROWS}, all in seeds.csv)" if len(seeds) > MAX_SEED_ROWS else ""
+        lines += ["", f"## Over seeds{more}", "", "| suite | task | image | metric | seeds | mean | std | min | max |",
+                  "|---|---|---|---|---:|---:|---:|---:|---:|"]
+        lines += [f"| {r['suite']} | {r['task']} | {r['image']} | {r['metric']} | {r['seeds']} | {r['mean']:.2f} | "
+                  + ("" if r["std"] is None else f"{r['std']:.2f}") + f" | {r['min']:.2f} | {r['max']:.2f} |"
+                  for r in seeds[:MAX_SEED_ROWS]]
     if failed:
         more = f"; the first {len(failures)}, all in failures.csv" if failed > len(failures) else ""
         lines += ["", f"## Failures ({failed}{more})", ""]

@@ -50,7 +50,21 @@ def test_seeds_derive_from_the_id_and_a_seed_column_wins():
     assert resolve({"image_id": "a", "uri": "a.png", "seed": 5}, DEFAULTS).options.seed == 5
 
 
+def test_a_degradation_seed_draws_the_degradation_and_enters_the_hash_only_when_given():
+    row = {"image_id": "a", "uri": "a.png", "degradation": "noise:25"}
+    plain, seeded = resolve(row, DEFAULTS), resolve({**row, "degradation_seed": 7}, DEFAULTS)
+    assert plain.degradation_seed is None and seeded.degradation_seed == 7
+    assert seeded.options.seed == plain.options.seed  # the fit's seed is the image's, as before
+    assert seeded.config_hash != plain.config_hash != resolve({**row, "degradation_seed": 8}, DEFAULTS).config_hash
+    assert resolve({**row, "degradation_seed": None}, DEFAULTS).config_hash == plain.config_hash
+    assert type(seeded).from_row(seeded.to_row()) == seeded  # through the plan
+
+
 @pytest.mark.parametrize("row,message", [
+    ({"image_id": "a", "uri": "a.png", "degradation_seed": 3}, "degradation_seed 3 is given but the row has no "
+                                                                "degradation"),
+    ({"image_id": "a", "uri": "a.png", "degradation": "noise:25", "degradation_seed": "x"},
+     "degradation_seed must be an integer, got 'x'"),
     ({"image_id": "a", "uri": "a.png", "task": "deblur"}, "deblur"),
     ({"image_id": "../a", "uri": "a.png"}, "not usable as a storage key"),
     ({"image_id": "/etc/passwd", "uri": "a.png"}, "not usable as a storage key"),

@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from benchmarks.plain_dip import lanczos2_downsampler  # the authors' Downsampler, transcribed
 from pipeline.core.features import feature_extractor
 from pipeline.core.operators import (
     Denoise,
@@ -73,33 +74,6 @@ def test_downsampler_is_close_to_pillow_lanczos_on_a_smooth_image():
     assert (ours - pillow)[..., 1:-1, 1:-1].abs().max() < 0.02
 
 
-def reference_lanczos2_downsampler(x: torch.Tensor, factor: int) -> torch.Tensor:
-    """The authors' Downsampler(kernel_type='lanczos2', phase=0.5, preserve_size=True), transcribed
-    from DmitryUlyanov/deep-image-prior's models/downsampler.py loop by loop: kernel_width 4f + 1,
-    a (4f) x (4f) kernel for phase 1/2, support 2, normalised; ReplicationPad2d((4f - f) / 2); a
-    strided convolution per channel."""
-    import math
-
-    kernel_width = 4 * factor + 1
-    size = kernel_width - 1  # phase 0.5
-    kernel = torch.zeros(size, size, dtype=torch.float64)
-    center = (kernel_width + 1) / 2.0
-    for i in range(1, size + 1):
-        for j in range(1, size + 1):
-            di, dj = abs(i + 0.5 - center) / factor, abs(j + 0.5 - center) / factor
-            val = 1.0
-            if di != 0:
-                val *= 2 * math.sin(math.pi * di) * math.sin(math.pi * di / 2) / (math.pi**2 * di * di)
-            if dj != 0:
-                val *= 2 * math.sin(math.pi * dj) * math.sin(math.pi * dj / 2) / (math.pi**2 * dj * dj)
-            kernel[i - 1, j - 1] = val
-    kernel /= kernel.sum()
-    pad = (size - factor) // 2
-    padded = torch.nn.ReplicationPad2d(pad)(x.double())
-    weight = kernel.expand(x.shape[1], 1, size, size)
-    return torch.nn.functional.conv2d(padded, weight, stride=factor, groups=x.shape[1]).float()
-
-
 @pytest.mark.parametrize("factor", [2, 4, 8])
 def test_downsampler_matches_the_authors_lanczos2_on_a_test_pattern(factor):
     # A zone plate with a hard-edged square: every frequency up to Nyquist, and edges at the border.
@@ -109,7 +83,7 @@ def test_downsampler_matches_the_authors_lanczos2_on_a_test_pattern(factor):
     x = torch.stack([zone, square, zone * (1 - square)])[None]
     ours = SuperResolution(factor)(x)
     assert ours.shape == (1, 3, 96 // factor, 64 // factor)
-    torch.testing.assert_close(ours, reference_lanczos2_downsampler(x, factor), atol=1e-6, rtol=0)
+    torch.testing.assert_close(ours, lanczos2_downsampler(x.double(), factor).float(), atol=1e-6, rtol=0)
 
 
 def test_noise_degradation_is_seeded_and_has_the_right_sigma():

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import torch
 from click.testing import CliRunner
 from PIL import Image
 
@@ -198,8 +199,32 @@ def test_the_manifest_passes_the_batch_jobs_checks_and_carries_suite_columns(tmp
     baby, kate = jobs["baby"], jobs["kate"]
     assert (baby.options.task, baby.options.scale, baby.options.preset, baby.options.tv_baseline) == (
         "sr", 4, "sr-x4", True)
-    assert baby.extra == {"suite": "set5-x4", "subset": None, "paper_psnr": 29.90, "published_psnr": None}
+    assert baby.extra == {"suite": "set5-x4", "subset": None, "paper_psnr": 29.90, "published_psnr": None,
+                          "replicate_of": None, "replicate": None}
     assert (kate.options.task, kate.options.preset, kate.mask_uri is not None) == ("inpaint", "inpaint-text", True)
+
+
+def test_seeds_make_replicates_that_share_one_observation_and_differ_in_their_fit_seed(tmp_path):
+    from pipeline.batch.inputs import load_inputs
+
+    write_png(tmp_path / "scans" / "a.png", 20, 16, 1)
+    write_png(tmp_path / "scans" / "b.png", 20, 16, 2)
+    out = str(tmp_path / "out")
+    rows = evaluate.build_rows("folder", str(tmp_path / "scans"), out, degradation="noise:25", seeds=3)
+    assert [r["image_id"] for r in rows] == ["a.png-s1", "a.png-s2", "a.png-s3", "b.png-s1", "b.png-s2", "b.png-s3"]
+    assert [(r["replicate_of"], r["replicate"]) for r in rows[:3]] == [("a.png", 1), ("a.png", 2), ("a.png", 3)]
+    assert len({r["degradation_seed"] for r in rows[:3]}) == 1 != len({r["degradation_seed"] for r in rows})
+    jobs = list(manifest.plan(evaluate.write_manifest(rows, out), Options(preset="cpu-small", seed=4)))
+    a = [job for job in jobs if job.extra["replicate_of"] == "a.png"]
+    assert len({job.options.seed for job in a}) == 3 and len({job.config_hash for job in a}) == 3
+    observed = [load_inputs(job.uri, degradation=job.degradation, seed=job.degradation_seed).observed.pixels
+                for job in a]
+    assert all(torch.equal(observed[0], o) for o in observed[1:])  # one observation, three fits
+    one = evaluate.build_rows("folder", str(tmp_path / "scans"), out, degradation="noise:25")
+    assert [r["image_id"] for r in one] == ["a.png", "b.png"] and one[0]["replicate_of"] is None
+    for bad in (0, 101, 2.5):
+        with pytest.raises(ValueError, match=f"seeds must be an integer from 1 to 100, got {bad}"):
+            evaluate.build_rows("folder", str(tmp_path / "scans"), out, degradation="noise:25", seeds=bad)
 
 
 def test_suites_read_and_crop_on_s3(s3_server, s3_bucket, tmp_path):
@@ -341,3 +366,27 @@ def test_set5_suite_end_to_end_scores_the_y_channel_with_both_baselines(ray_loca
     assert float(summary[0]["paper_delta"]) == pytest.approx(baby["psnr_y"] - 29.90, abs=1e-3)
     assert float(summary[0]["psnr_y_tv_mean"]) == pytest.approx(baby["psnr_y_tv"], abs=1e-3)
     assert page.count("data:image/png;base64,") == 3 + 2
+
+
+def test_evaluate_over_seeds_end_to_end_reports_each_image_s_spread(ray_local, tmp_path):
+    for i in range(2):
+        write_png(tmp_path / "scans" / f"s{i}.png", 24, 24, i)
+    out = tmp_path / "eval"
+    outcome = CliRunner().invoke(main, ["evaluate", "folder", "--data", str(tmp_path / "scans"), "--degradation",
+                                        "noise:25", "--seeds", "2", "--output", str(out), "--preset", "cpu-small",
+                                        "--iterations", "20", "--device", "cpu", "--quiet"], catch_exceptions=False)
+    assert outcome.exit_code == EXIT_OK, outcome.output
+    report = CliRunner().invoke(main, ["report", str(out)], catch_exceptions=False)
+    assert report.exit_code == 0, report.output
+    rows = {r["image_id"]: r for r in results.read_table(str(out)).to_pylist()}
+    assert set(rows) == {"s0.png-s1", "s0.png-s2", "s1.png-s1", "s1.png-s2"}
+    assert {r["status"] for r in rows.values()} == {"ok"}
+    a, b = rows["s0.png-s1"], rows["s0.png-s2"]
+    assert a["seed"] != b["seed"] and a["psnr"] != b["psnr"]  # two fits ...
+    assert a["psnr_input"] == b["psnr_input"]  # ... of one observation
+    seeds = list(csv.DictReader(io.StringIO((out / "seeds.csv").read_text())))
+    assert [(r["image"], r["seeds"]) for r in seeds] == [("s0.png", "2"), ("s1.png", "2")]
+    assert float(seeds[0]["std"]) == pytest.approx(abs(a["psnr"] - b["psnr"]) / 2 ** 0.5, abs=1e-3)
+    summary = list(csv.DictReader(io.StringIO((out / "summary.csv").read_text())))
+    assert summary[0]["seeds"] == "2" and float(summary[0]["seed_std_mean"]) > 0
+    assert "## Over seeds" in (out / "summary.md").read_text()

@@ -144,6 +144,37 @@ def test_summary_per_suite_and_task(run_output):
     assert inpaint["paper_psnr"] is None and inpaint["paper_delta"] is None
 
 
+def test_summary_over_seeds_gives_each_image_s_spread_and_the_spread_of_the_mean():
+    import pyarrow as pa
+
+    psnr = {("x", 1): 30.0, ("x", 2): 31.0, ("x", 3): 32.5, ("y", 1): 25.0, ("y", 2): 24.0, ("y", 3): 24.5}
+    psnr_y = {key: value + 1 for key, value in psnr.items()}  # set5-x4's paper metric
+    keys = [*psnr, ("y", 4)]  # y's fourth seed failed: it counts nowhere
+    rows = [{"image_id": f"{i}-s{k}", "status": "error" if k == 4 else "ok", "task": task, "suite": suite,
+             "psnr": psnr.get((i, k)), "psnr_y": psnr_y.get((i, k)), "replicate_of": i, "replicate": k}
+            for suite, task in (("folder", "denoise"), ("set5-x4", "sr")) for i, k in keys]
+    rows.append({"image_id": "z", "status": "ok", "task": "denoise", "suite": "folder", "psnr": 40.0,
+                 "psnr_y": None, "replicate_of": None, "replicate": None})  # no replicate: not in the spread
+    table = pa.Table.from_pylist(rows)
+    summary = {s["suite"]: s for s in summaries.summarize(table)}
+    for suite, values in (("folder", psnr), ("set5-x4", psnr_y)):
+        x, y = [[values[(i, k)] for k in (1, 2, 3)] for i in ("x", "y")]
+        entry = summary[suite]
+        assert entry["seeds"] == 3
+        assert entry["seed_std_mean"] == pytest.approx((np.std(x, ddof=1) + np.std(y, ddof=1)) / 2)
+        assert entry["suite_seed_std"] == pytest.approx(np.std([(a + b) / 2 for a, b in zip(x, y, strict=True)],
+                                                                ddof=1))
+    per_image = {(r["suite"], r["image"]): r for r in summaries.per_image_seeds(table)}
+    assert set(per_image) == {("folder", "x"), ("folder", "y"), ("set5-x4", "x"), ("set5-x4", "y")}
+    y = per_image[("set5-x4", "y")]
+    assert (y["metric"], y["seeds"], y["min"], y["max"]) == ("psnr_y", 3, 25.0, 26.0)
+    assert y["mean"] == pytest.approx(25.5) and y["std"] == pytest.approx(0.5)
+    text = summaries.seeds_csv(list(per_image.values()))
+    assert text.splitlines()[0] == ",".join(summaries.SEED_COLUMNS) and len(text.splitlines()) == 5
+    no_seeds = summaries.summarize(table.filter(pa.compute.equal(table["image_id"], "z")))
+    assert no_seeds[0]["seeds"] is None and summaries.per_image_seeds(table.slice(len(table) - 1)) == []
+
+
 def test_report_writes_csv_markdown_and_a_self_contained_page(run_output):
     outcome = CliRunner().invoke(main, ["report", run_output])
     assert outcome.exit_code == 0, outcome.output
