@@ -74,8 +74,15 @@ class Job:
             image_id=row["image_id"], uri=row["uri"], options=Options(**json.loads(row["options"])),
             mask_uri=row["mask_uri"], reference_uri=row["reference_uri"], guide_uri=row["guide_uri"],
             degradation=row["degradation"], config_hash=row["config_hash"], extra=json.loads(row["extra"]),
-            degradation_seed=row.get("degradation_seed"),
+            degradation_seed=_optional_int(row.get("degradation_seed")),
         )
+
+
+def _optional_int(value) -> int | None:
+    """An optional integer column's value: None for a null (which Arrow may hand over as NaN)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    return int(value)
 
 
 def derive_seed(base_seed: int, image_id: str) -> int:

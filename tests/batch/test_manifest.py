@@ -58,6 +58,7 @@ def test_a_degradation_seed_draws_the_degradation_and_enters_the_hash_only_when_
     assert seeded.config_hash != plain.config_hash != resolve({**row, "degradation_seed": 8}, DEFAULTS).config_hash
     assert resolve({**row, "degradation_seed": None}, DEFAULTS).config_hash == plain.config_hash
     assert type(seeded).from_row(seeded.to_row()) == seeded  # through the plan
+    assert type(plain).from_row({**plain.to_row(), "degradation_seed": float("nan")}) == plain  # a null, via Ray
 
 
 @pytest.mark.parametrize("row,message", [
