@@ -14,4 +14,4 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the packaged wor
 from pipeline.cli.main import main  # noqa: E402  (after the sys.path insert: runs from a checkout)
 
 if __name__ == "__main__":
-    sys.exit(main(["run", "--quiet", *sys.argv[1:]]))
+    sys.exit(main(["run", "--quiet", "--verbose", *sys.argv[1:]]))  # Ray's lines in the job's own log

@@ -145,6 +145,28 @@ def _write_local(path: str, data: bytes) -> None:
             os.remove(tmp)
 
 
+def check_writable(url: str, storage_options: dict | None = None, *, folder: bool = False) -> None:
+    """ValueError naming ``url`` and the reason when a file (``folder``: a folder) cannot be made
+    there: it is a folder (a file), it sits under a file, or the nearest folder that exists is not
+    writable. Checked before any work; local paths only (an object store answers at the first write)."""
+    fs, path = filesystem(url, storage_options)
+    if not isinstance(fs, LocalFileSystem):
+        return
+    what = "folder" if folder else "file"
+    if os.path.isdir(path) and not folder:
+        raise ValueError(f"cannot write {url}: it is a folder (name the {what} to write)")
+    if os.path.exists(path) and not os.path.isdir(path) and folder:
+        raise ValueError(f"cannot write into {url}: it is a file, not a folder")
+    parent = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise ValueError(f"cannot write {url}: {parent} is a file, not a folder")
+    target = path if folder and os.path.isdir(path) else parent
+    if not os.access(target, os.W_OK | os.X_OK):
+        raise ValueError(f"cannot write {url}: {target} is not writable")
+
+
 def write_json(url: str, value, storage_options: dict | None = None, *, retry_s: float = RETRY_S) -> None:
     data = json.dumps(value, indent=2, sort_keys=True, default=str).encode()
     write_bytes(url, data, storage_options, retry_s=retry_s)

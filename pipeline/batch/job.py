@@ -87,18 +87,25 @@ class RunSummary:
         return self.skipped + self.ok + self.failed == self.total and not self.unrecorded
 
 
-def start_ray(address: str | None, num_cpus: int | None = None) -> None:
-    """Attach to ``address`` (or RAY_ADDRESS, as inside a Ray Job), else start a local Ray."""
+def start_ray(address: str | None, num_cpus: int | None = None) -> bool:
+    """Attach to ``address`` (or RAY_ADDRESS, as inside a Ray Job), else start a local Ray (with
+    Ray's token authentication asked for explicitly, so that Ray does not warn that it defaulted to
+    it; the token is Ray's, kept in ``~/.ray/auth_token``). True when it started a local Ray."""
     import os
 
+    if address or os.environ.get("RAY_ADDRESS"):
+        import ray
+
+        if not ray.is_initialized():
+            ray.init(address=address, log_to_driver=False)
+        return False
+    os.environ.setdefault("RAY_AUTH_MODE", "token")
     import ray
 
     if ray.is_initialized():
-        return
-    if address or os.environ.get("RAY_ADDRESS"):
-        ray.init(address=address, log_to_driver=False)
-    else:
-        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+        return False
+    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+    return True
 
 
 def new_run_id() -> str:
@@ -174,10 +181,10 @@ def _pack_order(row: dict) -> tuple:
 
 
 def run(config: RunConfig, on_result: Callable[[dict], None] | None = None,
-        on_plan: Callable[[RunSummary], None] | None = None) -> RunSummary:
-    """Run the batch on the Ray cluster this process is connected to (``ray.init`` first)."""
-    import ray
-
+        on_plan: Callable[[RunSummary], None] | None = None, connect: Callable[[], None] | None = None) -> RunSummary:
+    """Run the batch on the Ray cluster this process is connected to: ``ray.init`` first, or give
+    ``connect``, called once the plan is written and only if something is left to fit (a bad
+    manifest, or a rerun with nothing to do, never starts Ray)."""
     run_id = config.run_id or new_run_id()
     clock = time.perf_counter()
     plan_url, summary = write_plan(config, run_id)
@@ -185,6 +192,10 @@ def run(config: RunConfig, on_result: Callable[[dict], None] | None = None,
         on_plan(summary)
     todo = summary.total - summary.skipped
     if todo:
+        if connect:
+            connect()
+        import ray
+
         gpus = config.gpus_per_fit
         if gpus is None:
             gpus = 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0

@@ -100,6 +100,8 @@ def config_hash(job_fields: dict) -> str:
 def read_batches(url: str, storage_options: dict | None = None, batch_size: int = 10_000) -> Iterator[pa.RecordBatch]:
     """The manifest's record batches, streamed (a file or a folder of Parquet files)."""
     fs, path = storage.filesystem(url, storage_options)
+    if not storage.exists(url, storage_options):
+        raise ManifestError(f"manifest {url}: no such file or folder")
     try:
         dataset = pads.dataset(path, filesystem=fs, format="parquet")
     except (pa.ArrowInvalid, OSError) as error:

@@ -15,6 +15,7 @@ from .options import (
     parse_json_object,
     quiet_option,
     storage_options_option,
+    verbose_option,
 )
 from .run import run_batch
 
@@ -37,7 +38,8 @@ from .run import run_batch
 @address_option
 @num_cpus_option
 @quiet_option
-def evaluate(suite, data, limit, crop, degradation, tv_baseline, seeds, address, num_cpus, quiet, **values):
+@verbose_option
+def evaluate(suite, data, limit, crop, degradation, tv_baseline, seeds, address, num_cpus, quiet, verbose, **values):
     """Build SUITE's manifest (set5-x4, denoise-color-25, inpaint-samples, folder) under --output
     and run it as a batch; then `dip report OUTPUT`. Exit codes as `dip run`."""
     from ..evaluation import evaluate as suites
@@ -59,7 +61,7 @@ def evaluate(suite, data, limit, crop, degradation, tv_baseline, seeds, address,
     if not quiet:
         fits = f" x {seeds} seeds" if seeds > 1 else ""
         click.echo(f"suite {suite}: {len(rows) // seeds} images{fits}, manifest {manifest}", err=True)
-    code = run_batch({**values, "manifest": manifest}, address, num_cpus, quiet)
+    code = run_batch({**values, "manifest": manifest}, address, num_cpus, quiet, verbose)
     if not quiet:
         click.echo(f"report: dip report {values['output']}", err=True)
     sys.exit(code)

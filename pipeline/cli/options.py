@@ -77,6 +77,8 @@ address_option = click.option(
 num_cpus_option = click.option("--num-cpus", type=click.IntRange(1),
                                help="CPUs of the local Ray (when one is started).")
 quiet_option = click.option("--quiet", is_flag=True, help="No progress bar.")
+verbose_option = click.option("--verbose", is_flag=True, help="Ray's and Ray Data's own log lines on the terminal "
+                              "too (default: in the run's Ray log, <output>/runs/<run_id>.ray.log for a local output).")
 dashboard_option = click.option("--address", required=True, envvar="RAY_ADDRESS",
                                 help="Ray dashboard, e.g. http://HEAD:8265 (default: RAY_ADDRESS).")
 

@@ -12,8 +12,8 @@ SUMMARY_ROWS = 50  # images listed in the final table; failures are always liste
 class RunProgress:
     """done/total, rate, ETA and errors while a run goes; a table once it ends."""
 
-    def __init__(self, quiet: bool = False, console: Console | None = None):
-        self.console = console or Console(stderr=True)
+    def __init__(self, quiet: bool = False, console: Console | None = None, file=None):
+        self.console = console or (Console(file=file) if file is not None else Console(stderr=True))
         self.quiet = quiet
         self.errors = 0
         self.progress = Progress(
@@ -35,8 +35,9 @@ class RunProgress:
         todo = summary.total - summary.skipped
         if not self.quiet:
             self.console.print(f"run {summary.run_id}: {summary.total} images, {summary.skipped} already done, "
-                               f"{todo} to fit")
-        self.task = self.progress.add_task("fit", total=todo, rate="", errors=0)
+                               + (f"{todo} to fit" if todo else "nothing to fit"))
+        if todo:  # no bar for a run with nothing to do
+            self.task = self.progress.add_task("fit", total=todo, rate="", errors=0)
 
     def advance(self, row: dict) -> None:
         self.errors += row["status"] != "ok"

@@ -25,6 +25,7 @@ from .options import (
     parse_json_object,
     quiet_option,
     storage_options_option,
+    verbose_option,
 )
 
 SAMPLES = Path(__file__).resolve().parents[1] / "samples"
@@ -41,27 +42,44 @@ def run_config(values: dict):
     return RunConfig(defaults=defaults, storage_options=storage_options, **values)
 
 
-def run_batch(values: dict, address: str | None, num_cpus: int | None = None, quiet: bool = False) -> int:
-    """Shared by ``dip run``, ``dip demo``, ``dip evaluate`` and ``jobs/``: returns the exit code."""
-    from ..batch.job import run, start_ray
+def run_batch(values: dict, address: str | None, num_cpus: int | None = None, quiet: bool = False,
+              verbose: bool = False) -> int:
+    """Shared by ``dip run``, ``dip demo``, ``dip evaluate`` and ``jobs/``: returns the exit code.
+
+    Plans first (a bad manifest fails in a second, a rerun with nothing left starts no Ray), then
+    starts or attaches to Ray; Ray's own log lines go to ``raylog.log_path`` unless ``verbose``."""
+    import contextlib
+
+    from ..batch.job import new_run_id, run, start_ray
     from ..batch.manifest import ManifestError
     from .progress import RunProgress
+    from .raylog import log_path, ray_output_to
 
-    progress = None
+    progress, started, log = None, [], None
     try:
-        config = run_config(values)
-        start_ray(address, num_cpus)
-        with RunProgress(quiet=quiet) as progress:
-            summary = run(config, on_result=progress.advance, on_plan=progress.start)
+        config = run_config({**values, "run_id": values.get("run_id") or new_run_id()})
+        log = None if verbose else log_path(config.output, config.run_id)
+        with (contextlib.nullcontext(sys.stderr) if log is None else ray_output_to(log)) as terminal, \
+                RunProgress(quiet=quiet, file=terminal) as progress:
+            summary = run(config, on_result=progress.advance, on_plan=progress.start,
+                          connect=lambda: started.append(start_ray(address, num_cpus)))
+            if started and started[0]:  # the local Ray this command started, stopped while its output is logged
+                import ray
+
+                ray.shutdown()
     except Exception as error:  # noqa: BLE001  (any failure: an exit code and one line, never a traceback)
         if progress is not None and progress.task is not None:  # fits had begun: rerun to resume
             click.echo(f"dip run: the run broke off: {type(error).__name__}: {error}", err=True)
+            if started and log is not None:
+                click.echo(f"Ray's log: {log}", err=True)
             return EXIT_BROKE_OFF
         reason = str(error) if isinstance(error, (ManifestError, ValueError, OSError)) else \
             f"{type(error).__name__}: {error}"
         click.echo(f"dip run: could not start: {reason}", err=True)
         return EXIT_NOT_STARTED
     progress.print_summary(summary)
+    if started and log is not None and not quiet:
+        click.echo(f"Ray's log: {log}", err=True)
     return EXIT_OK if summary.failed == 0 else EXIT_IMAGES_FAILED
 
 
@@ -88,9 +106,10 @@ def demo_manifest(folder: Path) -> Path:
 @address_option
 @num_cpus_option
 @quiet_option
-def run(address, num_cpus, quiet, **values):
+@verbose_option
+def run(address, num_cpus, quiet, verbose, **values):
     """Restore every image of a manifest on Ray; rerun the same command to resume."""
-    sys.exit(run_batch(values, address, num_cpus, quiet))
+    sys.exit(run_batch(values, address, num_cpus, quiet, verbose))
 
 
 @click.command()

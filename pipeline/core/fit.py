@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -77,6 +78,7 @@ def fit(
     time_limit_s: float | None = None,
     engine: EngineConfig | None = None,
     noise_sigma: float | list[float] | None = None,
+    progress: Callable[[int, int, dict | None], None] | None = None,
 ) -> FitResult:
     """Fit ``net`` so that ``operator(net(net_input))`` matches ``observation``.
 
@@ -89,13 +91,15 @@ def fit(
         result (up to rounding: bf16 autocast rounds the forward pass).
     noise_sigma: the observation's noise level in [0, 1] units (σ / 255), for the discrepancy
         rule (``config.early_stop.rule == "discrepancy"``).
+    progress: called as ``progress(iteration, iterations, entry)`` after every iteration, ``entry``
+        the history entry written at it (loss, PSNR) or None.
     The network's output is cropped (centred) to ``operator.image_size(h, w)``.
     """
     if net_input.shape[0] != 1:
         raise ValueError(f"fit takes one image (z of batch 1), got z {list(net_input.shape)}; use fit_many")
     return fit_many(net, net_input, operator, observation, config, reference=reference, seeds=[seed],
                     device=device, dtype=dtype, time_limit_s=time_limit_s, engine=engine,
-                    noise_sigma=None if noise_sigma is None else [noise_sigma])[0]
+                    noise_sigma=None if noise_sigma is None else [noise_sigma], progress=_one(progress))[0]
 
 
 def fit_many(
@@ -112,6 +116,7 @@ def fit_many(
     time_limit_s: float | None = None,
     engine: EngineConfig | None = None,
     noise_sigma: list[float] | None = None,
+    progress: Callable[[int, int, dict | None], None] | None = None,
 ) -> list[FitResult]:
     """N independent fits in one loop: ``fit`` for a batch (see ``pipeline.core.packed``).
 
@@ -221,7 +226,8 @@ def fit_many(
                     stopper.update(x, candidate, i)
 
             # 7. History, and the early-stopping decision, at the check cadence.
-            if i % config.check_every == 0 or i == config.iterations:
+            checked = i % config.check_every == 0 or i == config.iterations
+            if checked:
                 with torch.no_grad():
                     entry = {"iteration": i, "loss": loss_value, "seconds": time.perf_counter() - started}
                     if operator.observes_image:
@@ -236,6 +242,8 @@ def fit_many(
                 if stopper is not None and not config.early_stop.dry_run and stopper.should_stop():
                     stopped_early = True
                     break
+            if progress is not None:
+                progress(i, config.iterations, history[-1] if checked else None)
 
     # 8. The results: each image's output at its variance minimum when early stopping, else the last.
     if stopper is not None and stopper.best_image is not None:
@@ -261,6 +269,14 @@ def fit_many(
         )
         for g in range(n)
     ]
+
+
+def _one(progress: Callable | None) -> Callable | None:
+    """A one-image progress callback as ``fit_many`` calls it: each entry's per-image lists unwrapped."""
+    if progress is None:
+        return None
+    return lambda i, total, entry: progress(i, total, None if entry is None else {
+        k: v[0] if isinstance(v, list) else v for k, v in entry.items()})
 
 
 def _detector(config: FitConfig, noise_sigma: list[float] | None, n: int) -> MovingVariance | Discrepancy | None:

@@ -38,6 +38,7 @@ from .presets import Preset
 from .tiles import TILE_OVERLAP_DIVISOR, blend_weights, tile_boxes
 
 PACKABLE_TASKS = ("denoise", "jpeg", "sr", "inpaint", "archive")
+Progress = Callable[[int, int, "dict | None"], None]  # (iterations done, of, the history entry written or None)
 
 
 @dataclass
@@ -78,9 +79,12 @@ def restore(
     mask: Picture | None = None,
     reference: Picture | None = None,
     guide: Picture | None = None,
+    progress: Progress | None = None,
 ) -> Restoration:
     """Restore ``observed`` with DIP. ``mask`` (inpaint, white = known), ``guide`` (flash: the
     flash image) and ``reference`` (the clean image, only for scoring) as the task needs.
+    ``progress(done, total, entry)`` is called after every iteration (``pipeline.core.fit``), its
+    counts over all the fits of the image (tiles, restarts).
 
     A fit whose memory estimate (``pipeline.core.memory``) exceeds the budget runs in overlapping
     tiles blended without seams (``restore_tiled``), the largest tile that fits; with
@@ -88,21 +92,30 @@ def restore(
     """
     check_inputs(observed, options, mask=mask, guide=guide)
     if options.restarts > 1:
-        return restore_averaged(observed, options, mask=mask, reference=reference, guide=guide)
+        return restore_averaged(observed, options, mask=mask, reference=reference, guide=guide, progress=progress)
     if options.task == "archive":  # found once on the whole image; each tile gets its part
         mask, options = archive_mask(observed, options, mask), replace(options, mask_mode="replace")
     tile = choose_tile(observed, options)
     if tile is not None:
         tiled = restore_tiled(observed, options, mask=mask, reference=reference, guide=guide, tile=tile,
-                              overlap=max(1, tile // TILE_OVERLAP_DIVISOR))
+                              overlap=max(1, tile // TILE_OVERLAP_DIVISOR), progress=progress)
         if options.task == "archive":
             tiled.mask, tiled.metrics["defect_fraction"] = mask, _masked_fraction(mask)
         return tiled
     job = prepare(observed, options, mask=mask, reference=reference, guide=guide)
     # 3. Fit.
     result = fit(job.net, job.z, job.operator, job.y, job.preset.fit, reference=job.reference, seed=options.seed,
-                 device=options.device, time_limit_s=options.time_limit_s, noise_sigma=job.noise_floor)
+                 device=options.device, time_limit_s=options.time_limit_s, noise_sigma=job.noise_floor,
+                 progress=progress)
     return finish(job, result)
+
+
+
+def _part(progress: Progress | None, k: int, n: int) -> dict:
+    """``restore_one``'s progress keyword for fit k of n (counts over all n), none without one."""
+    if progress is None:
+        return {}
+    return {"progress": lambda i, total, entry: progress(k * total + i, n * total, entry)}
 
 
 def check_inputs(observed: Picture, options: Options, *, mask: Picture | None = None,
@@ -249,6 +262,7 @@ def restore_tiled(
     tile: int,
     overlap: int,
     restore_one: Callable[..., Restoration] | None = None,
+    progress: Progress | None = None,
 ) -> Restoration:
     """Restore ``observed`` tile by tile (``pipeline.core.tiles``) and blend the tiles into one image.
 
@@ -283,7 +297,7 @@ def restore_tiled(
                                  f"after {k} of {len(boxes)} tiles")
             tile_options = replace(tile_options, time_limit_s=left_s)
         result = restore_one(_crop(observed, top, left, h, w), tile_options, mask=_crop(mask, top, left, h, w),
-                         reference=None, guide=_crop(guide, top, left, h, w))
+                         reference=None, guide=_crop(guide, top, left, h, w), **_part(progress, k, len(boxes)))
         box = (top * s, left * s, h * s, w * s)
         pixels = result.picture.pixels
         if tuple(pixels.shape) != (1, observed.channels, h * s, w * s):
@@ -329,6 +343,7 @@ def restore_averaged(
     mask: Picture | None = None,
     reference: Picture | None = None,
     guide: Picture | None = None,
+    progress: Progress | None = None,
 ) -> Restoration:
     """``options.restarts`` fits of ``observed`` with seeds options.seed, options.seed + 1, ...
     (each as ``restore`` does it: tiled where it must be), their outputs averaged pixel by pixel.
@@ -338,7 +353,8 @@ def restore_averaged(
     options.time_limit_s bounds each fit.
     """
     runs = [restore(observed, replace(options, restarts=1, seed=options.seed + k), mask=mask,
-                    reference=reference, guide=guide) for k in range(options.restarts)]
+                    reference=reference, guide=guide, **_part(progress, k, options.restarts))
+            for k in range(options.restarts)]
     image = torch.stack([run.fit.image for run in runs]).mean(0)  # [1, C, H, W], in [0, 1]
     first = runs[0]
     metrics = dict(first.metrics)
