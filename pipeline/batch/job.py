@@ -55,6 +55,7 @@ class RunConfig:
     shard_rows: int = results.SHARD_ROWS  # result rows per shard at most
     shard_seconds: float = results.SHARD_SECONDS  # and the age of its oldest row at most
     compact: bool = True  # fold the run's shards into one file at the end
+    strict: bool = False  # refuse a manifest with a column that looks like a misspelt known one
 
     def public(self) -> dict:
         """The configuration as recorded beside the outputs: storage options are left out."""
@@ -71,6 +72,7 @@ class RunSummary:
     ok: int = 0
     failed: int = 0
     unrecorded: int = 0  # rows fitted whose shard never arrived (the actor died): a rerun fits them again
+    warnings: list[str] = field(default_factory=list)  # about the manifest (look-alike columns)
     seconds: float = 0.0
     rows: list[dict] = field(default_factory=list)  # a sample for the summary table: failures first
 
@@ -115,6 +117,7 @@ def new_run_id() -> str:
 def write_plan(config: RunConfig, run_id: str) -> tuple[str, RunSummary]:
     """Step 1: validate the manifest and write the jobs still to do; returns (plan URL, counts)."""
     summary = RunSummary(run_id=run_id)
+    summary.warnings = manifest.check_columns(config.manifest, config.storage_options, strict=config.strict)
     done = results.done_index(config.output, config.storage_options)
     plan_url = storage.join(config.output, "runs", f"{run_id}.plan.parquet")
     schema = pa.schema([(name, pa.string()) for name in (

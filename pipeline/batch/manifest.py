@@ -14,10 +14,13 @@ from the image id, and a hash of everything that determines the result.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import math
+import posixpath
 import re
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
@@ -97,8 +100,7 @@ def config_hash(job_fields: dict) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def read_batches(url: str, storage_options: dict | None = None, batch_size: int = 10_000) -> Iterator[pa.RecordBatch]:
-    """The manifest's record batches, streamed (a file or a folder of Parquet files)."""
+def _dataset(url: str, storage_options: dict | None) -> pads.Dataset:
     fs, path = storage.filesystem(url, storage_options)
     if not storage.exists(url, storage_options):
         raise ManifestError(f"manifest {url}: no such file or folder")
@@ -109,10 +111,45 @@ def read_batches(url: str, storage_options: dict | None = None, batch_size: int 
     missing = [c for c in REQUIRED if c not in dataset.schema.names]
     if missing:
         raise ManifestError(f"manifest {url} lacks the required column(s) {', '.join(missing)}")
+    return dataset
+
+
+def read_batches(url: str, storage_options: dict | None = None, batch_size: int = 10_000) -> Iterator[pa.RecordBatch]:
+    """The manifest's record batches, streamed (a file or a folder of Parquet files)."""
+    dataset = _dataset(url, storage_options)
     try:
         yield from dataset.to_batches(batch_size=batch_size)
     except pa.ArrowInvalid as error:
         raise ManifestError(f"manifest {url} could not be read: {error}") from None
+
+
+def look_alike(name: str) -> str | None:
+    """The known column a column name looks like a misspelling of (None: it is known, or like
+    none): the same once lower-cased with '-' and ' ' as '_' (``Task``, ``mask-uri``), the same letters
+    in another order (``tsak``), close by difflib's ratio (``degredation``, ``refrence_uri``), or one
+    letter replaced (``url``)."""
+    known = (*REQUIRED, *OPTIONAL)
+    if name in known:
+        return None
+    plain = re.sub(r"[- ]", "_", name.strip().lower())
+    if plain in known:
+        return plain
+    same_letters = [k for k in known if len(plain) >= 3 and sorted(k) == sorted(plain)]
+    one_off = [k for k in known if len(plain) >= 3 and len(k) == len(plain)
+               and sum(a != b for a, b in zip(k, plain, strict=True)) == 1]
+    close = same_letters or difflib.get_close_matches(plain, known, n=1, cutoff=0.8) or one_off
+    return close[0] if close else None
+
+
+def check_columns(url: str, storage_options: dict | None = None, *, strict: bool = False) -> list[str]:
+    """Warnings for the manifest's columns that look like misspelt known ones (carried through as
+    catalogue fields, they would leave the run on its defaults); with ``strict``, ManifestError instead."""
+    warnings = [f"column {name!r} looks like {like!r}: it is carried through as a catalogue field, not read as "
+                f"{like!r}" for name in _dataset(url, storage_options).schema.names
+                if (like := look_alike(name)) is not None]
+    if strict and warnings:
+        raise ManifestError(f"manifest {url}: " + "; ".join(warnings) + " (rename the column, or run without --strict)")
+    return warnings
 
 
 def plan(url: str, defaults: Options, *, storage_options: dict | None = None) -> Iterator[Job]:
@@ -256,17 +293,55 @@ def manifest_id(relative: str) -> str:
     return cleaned
 
 
-def listing_rows(source: str, storage_options: dict | None = None, **columns) -> list[dict]:
+def image_ids(relatives: list[str]) -> list[str]:
+    """Storage-safe ids for relative image paths (``manifest_id``) without their extension (so that
+    outputs are ``restored/photo.png``, not ``photo.png.png``), but where that would make two ids
+    alike (``a.png`` and ``a.jpg``): those keep it."""
+    stems = [posixpath.splitext(r)[0] if r.lower().endswith(IMAGE_SUFFIXES) else r for r in relatives]
+    taken = Counter(stems)
+    return [manifest_id(stem if taken[stem] == 1 else relative)
+            for stem, relative in zip(stems, relatives, strict=True)]
+
+
+def companion(url: str, pattern: str) -> str:
+    """The file a naming pattern gives beside an image: ``{stem}_mask.png`` for ``scans/a.tif`` is
+    ``scans/a_mask.png`` (fields: ``{stem}``, ``{name}``, ``{ext}``)."""
+    folder, _, name = url.rpartition("/")
+    stem, ext = posixpath.splitext(name)
+    try:
+        made = pattern.format(stem=stem, name=name, ext=ext.lstrip("."))
+    except (KeyError, IndexError, ValueError) as error:
+        raise ValueError(f"pattern {pattern!r} is not usable ({error}); its fields are {{stem}}, {{name}}, {{ext}}") \
+            from None
+    if made == name or "/" in made:
+        raise ValueError(f"pattern {pattern!r} must name another file in the image's folder, e.g. '{{stem}}_mask.png'")
+    return f"{folder}/{made}" if folder else made
+
+
+def listing_rows(source: str, storage_options: dict | None = None, *, mask_pattern: str | None = None,
+                 reference_pattern: str | None = None, **columns) -> list[dict]:
     """Manifest rows for the images under a prefix or matching a glob (``dip manifest``): an
-    ``image_id`` from each path below the prefix (``manifest_id``), its ``uri``, and ``columns``
-    (task, scale, degradation, preset) on every row."""
+    ``image_id`` from each path below the prefix (``image_ids``), its ``uri``, and ``columns``
+    (task, scale, degradation, preset) on every row. With ``mask_pattern`` / ``reference_pattern``
+    (``companion``) each image's mask / reference is attached by name, and those files are not
+    listed as images; an image without one is a ValueError naming it."""
     base = source.split("*")[0].rstrip("/")
+    urls = [u for u in storage.list_files(source, storage_options) if u.lower().endswith(IMAGE_SUFFIXES)]
+    patterns = {"mask_uri": mask_pattern, "reference_uri": reference_pattern}
+    patterns = {column: pattern for column, pattern in patterns.items() if pattern}
+    found = set(urls)
+    companions = {companion(u, p) for u in urls for p in patterns.values()} & found
+    images = [u for u in urls if u not in companions]
+    relatives = [u[len(base):].lstrip("/") if u.startswith(base) else u.rsplit("/", 1)[-1] for u in images]
     rows = []
-    for url in storage.list_files(source, storage_options):
-        if not url.lower().endswith(IMAGE_SUFFIXES):
-            continue
-        relative = url[len(base):].lstrip("/") if url.startswith(base) else url.rsplit("/", 1)[-1]
-        rows.append({"image_id": manifest_id(relative), "uri": url, **columns})
+    for url, image_id in zip(images, image_ids(relatives), strict=True):
+        row = {"image_id": image_id, "uri": url, **columns}
+        for column, pattern in patterns.items():
+            row[column] = companion(url, pattern)
+            if row[column] not in found:
+                flag = "--mask-pattern" if column == "mask_uri" else "--reference-pattern"
+                raise ValueError(f"{url} has no {column[:-4]} {row[column]} ({flag} {pattern!r})")
+        rows.append(row)
     return rows
 
 

@@ -101,6 +101,8 @@ def batch_options(exclude: Iterable[str] = ()) -> Callable:
                                   "batched computation (saturates a GPU with small images)."),
         "max_workers": click.option("--workers", "max_workers", type=click.IntRange(1), help="Fits at once, at most."),
         "force": click.option("--force", is_flag=True, help="Redo images that already have an ok result."),
+        "strict": click.option("--strict", is_flag=True, help="Refuse a manifest with a column that looks like a "
+                               "misspelt known one (tsak, mask-uri, Task); default: a warning."),
         "max_pixels": max_pixels_option,
         "output_format": click.option(
             "--output-format", type=click.Choice(["png", "tiff", "same"]), default="same", show_default=True,

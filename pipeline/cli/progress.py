@@ -33,6 +33,8 @@ class RunProgress:
 
     def start(self, summary) -> None:
         todo = summary.total - summary.skipped
+        for warning in summary.warnings:  # shown even with --quiet
+            self.console.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
         if not self.quiet:
             self.console.print(f"run {summary.run_id}: {summary.total} images, {summary.skipped} already done, "
                                + (f"{todo} to fit" if todo else "nothing to fit"))

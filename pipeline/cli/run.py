@@ -138,9 +138,13 @@ def _column_option(name: str) -> Callable:
 @click.option("--degradation", "--degrade", "degradation",
               help="Degrade the (clean) images first: noise:25, downsample:4, mask:bernoulli:0.5, jpeg:10.")
 @_column_option("preset")
+@click.option("--mask-pattern", help="Attach each image's mask by name, in the image's folder: '{stem}_mask.png' "
+              "(fields {stem}, {name}, {ext}); the masks are not listed as images.")
+@click.option("--reference-pattern", help="Attach each image's clean reference by name, as --mask-pattern.")
 @storage_options_option
-def manifest(source, output, task, scale, degradation, preset, storage_options):
-    """Build a manifest from the images under a prefix or matching a glob."""
+def manifest(source, output, task, scale, degradation, preset, mask_pattern, reference_pattern, storage_options):
+    """Build a manifest from the images under a prefix or matching a glob. Image ids are the paths
+    below the prefix without the extension (kept where two would clash)."""
     import io
 
     import pyarrow as pa
@@ -150,9 +154,16 @@ def manifest(source, output, task, scale, degradation, preset, storage_options):
     from ..batch.manifest import listing_rows
 
     options = parse_json_object(storage_options, "--storage-options")
-    rows = listing_rows(source, options, task=task, scale=scale, degradation=degradation, preset=preset)
+    try:
+        storage.check_writable(output, options)
+        rows = listing_rows(source, options, mask_pattern=mask_pattern, reference_pattern=reference_pattern,
+                            task=task, scale=scale, degradation=degradation, preset=preset)
+    except (ValueError, OSError) as error:
+        click.echo(f"dip manifest: {error}", err=True)
+        sys.exit(EXIT_NOT_STARTED)
     if not rows:
-        raise click.ClickException(f"no images under {source}")
+        click.echo(f"dip manifest: no images under {source}", err=True)
+        sys.exit(EXIT_NOT_STARTED)
     buffer = io.BytesIO()
     pq.write_table(pa.Table.from_pylist(rows), buffer)
     storage.write_bytes(output, buffer.getvalue(), options)

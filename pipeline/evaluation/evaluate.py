@@ -21,7 +21,7 @@ import json
 import posixpath
 
 from .. import storage
-from ..batch.manifest import derive_seed, manifest_id
+from ..batch.manifest import derive_seed, image_ids
 from ..core.formats import IMAGE_SUFFIXES
 from ..core.operators import parse_degradation
 from .suites import ARCHIVE_SIGMAS, ARCHIVE_TASKS, DENOISE_COLOR, INPAINT_SAMPLES, PAPER, SET5, SUITES
@@ -134,8 +134,9 @@ def _suite_rows(suite: str, data: str, degradation: str | None, storage_options:
     urls = [u for u in storage.list_files(base, storage_options) if u.lower().endswith(IMAGE_SUFFIXES)]
     if not urls:
         raise ValueError(f"suite 'folder': no images ({', '.join(IMAGE_SUFFIXES)}) under {data!r}")
-    return [{"image_id": manifest_id(u[len(base):].lstrip("/") if u.startswith(base) else u.rsplit("/", 1)[-1]),
-             "uri": u, "degradation": degradation, "preset": None} for u in urls]
+    relatives = [u[len(base):].lstrip("/") if u.startswith(base) else u.rsplit("/", 1)[-1] for u in urls]
+    return [{"image_id": image_id, "uri": u, "degradation": degradation, "preset": None}
+            for u, image_id in zip(urls, image_ids(relatives), strict=True)]
 
 
 def published_psnr(published: str, reference: str, storage_options: dict | None) -> float:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
+import pytest
 from click.testing import CliRunner
 from PIL import Image
 
@@ -49,7 +50,7 @@ def result_files(output: str, storage_options=None) -> list[str]:
     return sorted(storage.list_files(prefix, storage_options)) if storage.exists(prefix, storage_options) else []
 
 
-def test_run_writes_images_rows_record_and_marker_and_resumes(ray_local, tmp_path):
+def test_run_writes_images_rows_record_and_marker_and_resumes(ray_local, tmp_path, monkeypatch):
     manifest = make_dataset(str(tmp_path / "data"))
     output = str(tmp_path / "out")
 
@@ -85,9 +86,18 @@ def test_run_writes_images_rows_record_and_marker_and_resumes(ray_local, tmp_pat
     ok_rows = [r for r in results.read_table(output).to_pylist() if r["status"] == "ok"]
     assert sorted(r["image_id"] for r in ok_rows) == ["a", "b", "c"]  # one ok row per image
 
-    # 4. Nothing left to do: no fit at all; --force redoes every image.
+    # 4. Nothing left to do: no fit at all, and no Ray asked for; --force redoes every image.
     before = result_files(output)
-    assert dip_run(manifest, output).exit_code == EXIT_OK
+    connected = []
+    with monkeypatch.context() as patched:
+        patched.setattr("pipeline.batch.job.start_ray", lambda *args: connected.append(args))
+        outcome = CliRunner().invoke(main, ["run", "--manifest", manifest, "--output", output, "--preset", "cpu-small",
+                                            "--iterations", "3", "--device", "cpu"])
+        assert outcome.exit_code == EXIT_OK and connected == [], outcome.output
+        assert "3 already done, nothing to fit" in outcome.output and "0/0" not in outcome.output
+        missing = CliRunner().invoke(main, ["run", "--manifest", str(tmp_path / "nothing.parquet"), "-o", output])
+        assert missing.exit_code == EXIT_NOT_STARTED and connected == []
+        assert f"manifest {tmp_path / 'nothing.parquet'}: no such file or folder" in missing.output
     assert result_files(output) == before
     rows = len(results.read_table(output))
     assert dip_run(manifest, output, "--force").exit_code == EXIT_OK
@@ -140,9 +150,50 @@ def test_manifest_command_lists_images(tmp_path):
     assert outcome.exit_code == 0, outcome.output
     rows = pq.read_table(out).to_pylist()
     ids = sorted(r["image_id"] for r in rows)
-    assert len(ids) == 3 and "x.png" in ids and "sub__y.jpg" in ids
+    assert len(ids) == 3 and "x" in ids and "sub__y" in ids  # no extension: outputs are restored/x.png
     assert all(storage.safe_key(i) == i for i in ids)
     assert all(Path(r["uri"]).exists() for r in rows)
+
+
+def test_manifest_ids_keep_the_extension_only_where_stems_clash_and_patterns_attach_masks(tmp_path):
+    for name in ("a.png", "a.jpg", "b.tif", "b_mask.png", "c.png", "c_mask.png"):
+        (tmp_path / "scans").mkdir(exist_ok=True)
+        (tmp_path / "scans" / name).write_bytes(b"x")
+    out = tmp_path / "m.parquet"
+    outcome = CliRunner().invoke(main, ["manifest", str(tmp_path / "scans" / "*.*"), "-o", str(out), "--task",
+                                        "inpaint", "--mask-pattern", "{stem}_mask.png"])
+    assert outcome.exit_code == EXIT_NOT_STARTED  # a.png and a.jpg have no mask: named, nothing written
+    assert f"{tmp_path / 'scans' / 'a.jpg'} has no mask {tmp_path / 'scans' / 'a_mask.png'}" in outcome.output
+    assert not out.exists()
+    for name in ("a.png", "a.jpg"):
+        (tmp_path / "scans" / name).unlink()
+    outcome = CliRunner().invoke(main, ["manifest", str(tmp_path / "scans" / "*.*"), "-o", str(out), "--task",
+                                        "inpaint", "--mask-pattern", "{stem}_mask.png"])
+    assert outcome.exit_code == 0, outcome.output
+    rows = {r["image_id"]: r for r in pq.read_table(out).to_pylist()}
+    assert set(rows) == {"b", "c"}  # the masks are no images of their own
+    assert rows["b"]["mask_uri"] == str(tmp_path / "scans" / "b_mask.png")
+    from pipeline.batch.manifest import image_ids, listing_rows
+
+    assert image_ids(["a.png", "a.jpg", "x/b.tif", "c.PNG"]) == ["a.png", "a.jpg", "x__b", "c"]
+    with pytest.raises(ValueError, match="pattern '{base}.png' is not usable"):
+        listing_rows(str(tmp_path / "scans"), mask_pattern="{base}.png")
+
+
+def test_look_alike_columns_warn_and_strict_refuses_them(ray_local, tmp_path):
+    make_dataset(str(tmp_path / "data"))
+    table = pq.read_table(tmp_path / "data" / "manifest.parquet")
+    typo = tmp_path / "typo.parquet"
+    pq.write_table(table.append_column("tsak", [["denoise"] * len(table)]), typo)
+    from pipeline.batch.manifest import look_alike
+
+    assert [look_alike(n) for n in ("tsak", "mask-uri", "Task", "degredation", "url", "year", "box", "task")] == [
+        "task", "mask_uri", "task", "degradation", "uri", None, None, None]
+    strict = CliRunner().invoke(main, ["run", "--manifest", str(typo), "-o", str(tmp_path / "out"), "--strict"])
+    assert strict.exit_code == EXIT_NOT_STARTED
+    assert "column 'tsak' looks like 'task'" in strict.output and not (tmp_path / "out" / "results").exists()
+    loose = dip_run(str(typo), str(tmp_path / "out"))
+    assert "warning: column 'tsak' looks like 'task'" in loose.output
 
 
 def test_the_driver_keeps_a_bounded_sample_of_rows():

@@ -151,3 +151,21 @@ def test_threads_follow_the_image_size_unless_asked():
 
     assert choose_threads(64 * 64) == 1 and choose_threads(64 * 64, requested=3) == 3
     assert choose_threads(10**9) == len(__import__("os").sched_getaffinity(0)) >= choose_threads(4 * PIXELS_PER_THREAD)
+
+
+def test_dip_run_on_a_terminal_prints_its_own_lines_only_and_logs_ray_s(tmp_path):
+    # A real local Ray, started by the command itself: its log lines (the token notice, Ray Data's
+    # plan, the core worker's) go to the run's Ray log, not to the terminal.
+    Image.open(F16).crop((0, 0, 16, 16)).save(tmp_path / "a.png")
+    assert dip("manifest", str(tmp_path / "a.png"), "-o", str(tmp_path / "m.parquet"), "--degradation",
+               "noise:25").returncode == 0
+    done = dip("run", "--manifest", str(tmp_path / "m.parquet"), "-o", str(tmp_path / "out"), "--preset", "cpu-small",
+               "--iterations", "3", "--device", "cpu", "--num-cpus", "1", timeout=300)
+    assert done.returncode == 0, done.stderr
+    terminal = done.stdout + done.stderr
+    for noise in ("INFO", "WARNING", "core_worker", "Progress bars", "Started a local Ray", "token"):
+        assert noise not in terminal, terminal
+    assert "1 ok, 0 failed" in done.stdout
+    logs = list((tmp_path / "out" / "runs").glob("*.ray.log"))
+    assert len(logs) == 1 and f"Ray's log: {logs[0]}" in done.stderr
+    assert "Started a local Ray instance" in logs[0].read_text()

@@ -179,7 +179,7 @@ def test_folder_suite_lists_the_images_under_a_prefix(tmp_path):
     (tmp_path / "scans" / "notes.txt").write_text("not an image")
     rows = evaluate.build_rows("folder", str(tmp_path / "scans"), str(tmp_path / "out"), degradation="noise:25")
     assert [r["uri"] for r in rows] == [str(tmp_path / "scans" / "a.png"), str(tmp_path / "scans" / "box 2" / "b.jpg")]
-    assert rows[0]["image_id"] == "a.png" and re.fullmatch(r"box_2__b\.jpg-[0-9a-f]{8}", rows[1]["image_id"])
+    assert rows[0]["image_id"] == "a" and re.fullmatch(r"box_2__b-[0-9a-f]{8}", rows[1]["image_id"])
     assert {(r["degradation"], r["suite"], r["paper_psnr"], r["preset"]) for r in rows} == {
         ("noise:25", "folder", None, None)}
     cropped = evaluate.build_rows("folder", str(tmp_path / "scans"), str(tmp_path / "out"), degradation="noise:25",
@@ -211,17 +211,17 @@ def test_seeds_make_replicates_that_share_one_observation_and_differ_in_their_fi
     write_png(tmp_path / "scans" / "b.png", 20, 16, 2)
     out = str(tmp_path / "out")
     rows = evaluate.build_rows("folder", str(tmp_path / "scans"), out, degradation="noise:25", seeds=3)
-    assert [r["image_id"] for r in rows] == ["a.png-s1", "a.png-s2", "a.png-s3", "b.png-s1", "b.png-s2", "b.png-s3"]
-    assert [(r["replicate_of"], r["replicate"]) for r in rows[:3]] == [("a.png", 1), ("a.png", 2), ("a.png", 3)]
+    assert [r["image_id"] for r in rows] == ["a-s1", "a-s2", "a-s3", "b-s1", "b-s2", "b-s3"]
+    assert [(r["replicate_of"], r["replicate"]) for r in rows[:3]] == [("a", 1), ("a", 2), ("a", 3)]
     assert len({r["degradation_seed"] for r in rows[:3]}) == 1 != len({r["degradation_seed"] for r in rows})
     jobs = list(manifest.plan(evaluate.write_manifest(rows, out), Options(preset="cpu-small", seed=4)))
-    a = [job for job in jobs if job.extra["replicate_of"] == "a.png"]
+    a = [job for job in jobs if job.extra["replicate_of"] == "a"]
     assert len({job.options.seed for job in a}) == 3 and len({job.config_hash for job in a}) == 3
     observed = [load_inputs(job.uri, degradation=job.degradation, seed=job.degradation_seed).observed.pixels
                 for job in a]
     assert all(torch.equal(observed[0], o) for o in observed[1:])  # one observation, three fits
     one = evaluate.build_rows("folder", str(tmp_path / "scans"), out, degradation="noise:25")
-    assert [r["image_id"] for r in one] == ["a.png", "b.png"] and one[0]["replicate_of"] is None
+    assert [r["image_id"] for r in one] == ["a", "b"] and one[0]["replicate_of"] is None
     for bad in (0, 101, 2.5):
         with pytest.raises(ValueError, match=f"seeds must be an integer from 1 to 100, got {bad}"):
             evaluate.build_rows("folder", str(tmp_path / "scans"), out, degradation="noise:25", seeds=bad)
@@ -379,13 +379,13 @@ def test_evaluate_over_seeds_end_to_end_reports_each_image_s_spread(ray_local, t
     report = CliRunner().invoke(main, ["report", str(out)], catch_exceptions=False)
     assert report.exit_code == 0, report.output
     rows = {r["image_id"]: r for r in results.read_table(str(out)).to_pylist()}
-    assert set(rows) == {"s0.png-s1", "s0.png-s2", "s1.png-s1", "s1.png-s2"}
+    assert set(rows) == {"s0-s1", "s0-s2", "s1-s1", "s1-s2"}
     assert {r["status"] for r in rows.values()} == {"ok"}
-    a, b = rows["s0.png-s1"], rows["s0.png-s2"]
+    a, b = rows["s0-s1"], rows["s0-s2"]
     assert a["seed"] != b["seed"] and a["psnr"] != b["psnr"]  # two fits ...
     assert a["psnr_input"] == b["psnr_input"]  # ... of one observation
     seeds = list(csv.DictReader(io.StringIO((out / "seeds.csv").read_text())))
-    assert [(r["image"], r["seeds"]) for r in seeds] == [("s0.png", "2"), ("s1.png", "2")]
+    assert [(r["image"], r["seeds"]) for r in seeds] == [("s0", "2"), ("s1", "2")]
     assert float(seeds[0]["std"]) == pytest.approx(abs(a["psnr"] - b["psnr"]) / 2 ** 0.5, abs=1e-3)
     summary = list(csv.DictReader(io.StringIO((out / "summary.csv").read_text())))
     assert summary[0]["seeds"] == "2" and float(summary[0]["seed_std_mean"]) > 0
