@@ -133,19 +133,24 @@ class FitActor:
 
     def write(self, item: _Item, *, restored=None, error: BaseException | None = None, packed: int = 1) -> None:
         """The restored image (PNG or TIFF, ``output_format``; with its metadata and provenance), the
-        archive mask (``masks/<image_id>.png``) and the result row (``packed``: images in its fit)."""
+        archive mask (``masks/<image_id>.png``), the degraded input of a row with a degradation
+        (``degraded/<image_id>.png``) and the result row (``packed``: images in its fit)."""
         row, job = item.row, item.job
         if restored is not None:
+            from ..core.encoding import encode
+
             try:
                 fmt = batch_format(self.output_format, restored.picture.metadata.format)
                 url = storage.join(self.output, "restored", f"{storage.safe_key(job.image_id)}{SUFFIX[fmt]}")
                 storage.write_bytes(url, _encode(restored, fmt, item), self.storage_options)
                 if restored.mask is not None:
-                    from ..core.encoding import encode
-
                     mask_url = storage.join(self.output, "masks", f"{storage.safe_key(job.image_id)}.png")
                     storage.write_bytes(mask_url, encode(restored.mask, "png"), self.storage_options)
                     row["mask_output_uri"] = mask_url
+                if job.degradation:
+                    degraded_url = storage.join(self.output, "degraded", f"{storage.safe_key(job.image_id)}.png")
+                    storage.write_bytes(degraded_url, encode(item.loaded.observed, "png"), self.storage_options)
+                    row["degraded_uri"] = degraded_url
                 row.update(item.loaded.truth_scores(restored.mask))
                 summary = restored.summary()
                 row.update({k: summary[k] for k in (*restored.metrics, "iterations", "best_iteration",

@@ -37,6 +37,7 @@ COLUMNS = {
     "psnr_tv": pa.float64(), "psnr_y_tv": pa.float64(), "noise_sigma": pa.float64(), "stop_rule": pa.string(),
     # archive: the share of pixels filled as defects, the mask written, and (evaluations) the truth
     "defect_fraction": pa.float64(), "mask_output_uri": pa.string(), "noise_sigma_true": pa.float64(),
+    "degraded_uri": pa.string(),  # evaluations: the degraded image the fit saw, degraded/<image_id>.png
     "mask_precision": pa.float64(), "mask_recall": pa.float64(), "mask_iou": pa.float64(),
     "iterations": pa.int64(), "best_iteration": pa.int64(), "stopped_early": pa.bool_(),
     "backtracks": pa.int64(), "seconds": pa.float64(), "device": pa.string(), "packed": pa.int64(), "tiles": pa.int64(),

@@ -117,11 +117,31 @@ def run(address, num_cpus, quiet, verbose, **values):
 @click.option("--preset", type=click.Choice(list(PRESET_NAMES)), default="cpu-small", show_default=True,
               help="The preset of every image (cpu-small: seconds per image on a CPU).")
 @click.option("--force/--no-force", default=True, show_default=True, help="Redo images done by an earlier demo.")
-def demo(output, preset, force):
+@click.option("--iterations", type=click.IntRange(1), help="Override the preset's iteration budget (a quicker look).")
+def demo(output, preset, force, iterations):
     """The main job on an embedded default: bundled samples, a local Ray, the CPU preset."""
     manifest = demo_manifest(Path(output))
-    values = dict(manifest=str(manifest), output=output, preset=preset, device="cpu", gpus_per_fit=0, force=force)
-    sys.exit(run_batch(values, address=None, num_cpus=min(2, os.cpu_count() or 1)))
+    values = dict(manifest=str(manifest), output=output, preset=preset, device="cpu", gpus_per_fit=0, force=force,
+                  iterations=iterations)
+    code = run_batch(values, address=None, num_cpus=min(2, os.cpu_count() or 1))
+    if code in (EXIT_OK, EXIT_IMAGES_FAILED):
+        click.echo(demo_epilogue(output), err=True)
+    sys.exit(code)
+
+
+def demo_epilogue(output: str) -> str:
+    """What the demo tells the user once it ends: where everything is, and what to try next."""
+    sample = SAMPLES / "f16.png"
+    return "\n".join([
+        f"The demo's outputs are under {output}/:",
+        f"  {output}/restored/    the restored images",
+        f"  {output}/degraded/    what each fit saw (the noisy and the low-resolution input)",
+        f"  {output}/results/     the results table (Parquet: PSNR, timings, one row per image)",
+        f"  {output}/runs/        each run's record, plan and Ray log",
+        f"See the report:  dip report {output}   (then open {output}/report.html)",
+        f"Try one image:   dip restore {sample} -o {output}/f16.png --degradation noise:25 --preset cpu-small "
+        f"--save-degraded {output}/f16-noisy.png",
+    ])
 
 
 def _column_option(name: str) -> Callable:

@@ -2,8 +2,8 @@
 
 ``dip evaluate SUITE`` builds the manifest here, writes it to
 ``<output>/evaluation_manifest.parquet`` and runs it through the same batch job as ``dip run``;
-``dip report`` reads the results back. Every row carries three extra columns, ``suite``,
-``subset`` (archive-synthetic: ``defects`` or ``clean``) and ``paper_psnr`` (the paper's DIP
+``dip report`` reads the results back. Every row carries extra columns: ``crop`` (the ``--crop``
+size, or null), ``suite``, ``subset`` (archive-synthetic: ``defects`` or ``clean``) and ``paper_psnr`` (the paper's DIP
 figure for the suite, where it gives one), which the batch job carries into the results table.
 denoise-color-25 rows also carry ``published_psnr``: the PSNR of CBM3D's published output of the
 image (``<name>_bm3d.png``, cropped like the others with ``--crop``), scored when the manifest is built.
@@ -27,7 +27,7 @@ from ..core.operators import parse_degradation
 from .suites import ARCHIVE_SIGMAS, ARCHIVE_TASKS, DENOISE_COLOR, INPAINT_SAMPLES, PAPER, SET5, SUITES
 
 COLUMNS = ("image_id", "uri", "task", "degradation", "reference_uri", "mask_uri", "preset", "params", "seed",
-           "degradation_seed", "suite", "subset", "paper_psnr", "published_psnr", "replicate_of", "replicate")
+           "degradation_seed", "suite", "subset", "paper_psnr", "published_psnr", "replicate_of", "replicate", "crop")
 MAX_SEEDS = 100
 MANIFEST_NAME = "evaluation_manifest.parquet"
 
@@ -83,7 +83,7 @@ def build_rows(suite: str, data: str, output: str, *, preset: str | None = None,
                 raise FileNotFoundError(f"suite {suite!r}: {url} is missing "
                                         f"(is --data {data!r} laid out like ../shared/data?)")
         row.update(preset=preset or row["preset"], params=json.dumps({"tv_baseline": True}) if tv else None,
-                   suite=suite, paper_psnr=paper_psnr)
+                   suite=suite, paper_psnr=paper_psnr, crop=crop)
         if row.get("published_uri"):
             row["published_psnr"] = published_psnr(row["published_uri"], row["reference_uri"], storage_options)
     return [{column: row.get(column) for column in COLUMNS} for row in replicates(rows, seeds)]
@@ -175,7 +175,7 @@ def write_manifest(rows: list[dict], output: str, storage_options: dict | None =
     import pyarrow.parquet as pq
 
     kinds = {"paper_psnr": pa.float64(), "published_psnr": pa.float64(), "seed": pa.int64(),
-             "degradation_seed": pa.int64(), "replicate": pa.int64()}
+             "degradation_seed": pa.int64(), "replicate": pa.int64(), "crop": pa.int64()}
     schema = pa.schema([(c, kinds.get(c, pa.string())) for c in COLUMNS])
     sink = pa.BufferOutputStream()
     pq.write_table(pa.Table.from_pylist(rows, schema), sink)

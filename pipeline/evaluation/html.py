@@ -23,7 +23,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 from .. import storage
-from .summary import LABELS, NOTE, cell, paper_figures, paper_metric, shown_columns
+from .summary import LABELS, NO_SUITE, NOTE, cell, paper_figures, paper_metric, shown_columns
 
 THUMB = 192  # thumbnail size, pixels on the long side
 MAX_CURVES = 12  # lines per PSNR-versus-iteration plot
@@ -93,12 +93,13 @@ def render(output: str, summary: list[dict], view: View, storage_options: dict |
     # 2. Plots.
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for row in view.shown:
-        groups[(row.get("suite") or "-", row.get("task") or "?")].append(row)
+        groups[(row.get("suite") or NO_SUITE, row.get("task") or "?")].append(row)
     parts.append("<h2>PSNR against iteration, and the gain over the baseline</h2><div class='plots'>")
     for (suite, task), members in sorted(groups.items()):
-        png = curves_png(f"{suite} / {task}", members[:MAX_CURVES], view.done.get((suite, task), len(members)))
-        parts.append(_img(png, f"PSNR curves {suite} {task}", width=480) if png else
-                     f"<p class='note'>{e(suite)} / {e(task)}: no history recorded.</p>")
+        label = " / ".join(filter(None, (suite, task)))  # a plain run's rows have no suite
+        png = curves_png(label, members[:MAX_CURVES], view.done.get((suite, task), len(members)))
+        parts.append(_img(png, f"PSNR curves {label}", width=480) if png else
+                     f"<p class='note'>{e(label)}: no history recorded.</p>")
     gains = histogram_png(view.gains)
     parts.append(_img(gains, "PSNR gains", width=480) if gains else "<p class='note'>No image has both a PSNR and "
                  "a finite baseline PSNR.</p>")
@@ -111,7 +112,7 @@ def render(output: str, summary: list[dict], view: View, storage_options: dict |
                 "them all.</p>" if view.failed > len(failures) else "")
         parts.append(f"<h2>Failures ({view.failed})</h2>{more}<table><tr><th class='text'>image</th><th class='text'>"
                      "suite</th><th>attempt</th><th class='text'>error</th></tr>")
-        parts += [f"<tr><td class='text'>{e(r['image_id'])}</td><td class='text'>{e(r.get('suite') or '-')}</td>"
+        parts += [f"<tr><td class='text'>{e(r['image_id'])}</td><td class='text'>{e(r.get('suite') or '')}</td>"
                   f"<td>{r.get('attempt') or ''}</td><td class='text error'>{e(r.get('error') or '')}</td></tr>"
                   for r in failures]
         parts.append("</table>")

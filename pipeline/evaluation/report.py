@@ -40,7 +40,8 @@ from .summary import (
 
 MAX_FAILURES = 200  # failures listed in the HTML and Markdown (failures.csv has them all)
 EXTRA = {"suite": pa.string(), "subset": pa.string(), "paper_psnr": pa.float64(),  # an evaluation's own columns
-         "published_psnr": pa.float64(), "replicate_of": pa.string(), "replicate": pa.int64()}
+         "published_psnr": pa.float64(), "replicate_of": pa.string(), "replicate": pa.int64(),
+         "crop": pa.int64()}
 FAILURE_COLUMNS = ("image_id", "suite", "task", "attempt", "run_id", "uri", "error")
 COLUMNS = (  # what the summary, the page and failures.csv read of each row (history apart)
     "image_id", "uri", "task", "preset", "status", "error", "output_uri", "mask_output_uri", "psnr", "ssim", "psnr_y",

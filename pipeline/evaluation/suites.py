@@ -46,6 +46,9 @@ PAPER_METRIC = {"set5-x4": "psnr_y", "denoise-color-25": "psnr", "inpaint-sample
 SET5 = ("baby", "bird", "butterfly", "head", "woman")
 DENOISE_COLOR = ("F16", "baboon", "hill", "kodim01", "kodim02", "kodim03", "kodim12", "lena", "peppers")
 INPAINT_SAMPLES = {"kate": "inpaint-text", "library": "inpaint-text", "vase": "inpaint-holes"}
+# the presets each suite's paper figures were made with (another preset, or crops, is not comparable)
+PAPER_PRESETS = {"set5-x4": ("sr-x4",), "denoise-color-25": ("denoise",),
+                 "inpaint-samples": tuple(sorted(set(INPAINT_SAMPLES.values())))}
 ARCHIVE_SIGMAS = (5, 12, 20)  # grain of the archive-synthetic suite, image i gets ARCHIVE_SIGMAS[i % 3]
 ARCHIVE_TASKS = ("archive", "denoise")
 DEFAULT_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"  # ../shared/data

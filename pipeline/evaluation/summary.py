@@ -27,7 +27,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .suites import PAPER, PAPER_METRIC
+from .suites import PAPER, PAPER_METRIC, PAPER_PRESETS
 
 METRICS = ("psnr", "psnr_y", "ssim")
 BASELINES = ("psnr_input", "psnr_baseline", "psnr_y_baseline", "psnr_tv", "psnr_y_tv")
@@ -35,7 +35,7 @@ SUMMARY_COLUMNS = (
     "suite", "task", "images", "ok", "failed",
     *(f"{m}_{s}" for m in METRICS for s in ("mean", "median")),
     *(f"{b}_mean" for b in BASELINES),
-    "paper_metric", "paper_psnr", "paper_delta", "gpu_seconds", "cpu_seconds",
+    "paper_metric", "paper_psnr", "paper_delta", "paper_note", "gpu_seconds", "cpu_seconds",
     "psnr_oracle_mean", "iterations_mean", "sigma_error_mean", "mask_precision_mean", "mask_recall_mean",
     "mask_iou_mean", "defect_fraction_mean", "published_psnr_mean", "seeds", "seed_std_mean", "suite_seed_std",
 )  # fmt: skip
@@ -44,7 +44,7 @@ LABELS = {  # headings for the terminal and Markdown tables
     "ssim_mean": "SSIM", "ssim_median": "SSIM median", "psnr_input_mean": "input PSNR",
     "psnr_baseline_mean": "baseline PSNR", "psnr_y_baseline_mean": "baseline PSNR-Y", "psnr_tv_mean": "TV PSNR",
     "psnr_y_tv_mean": "TV PSNR-Y", "paper_psnr": "paper DIP", "paper_delta": "DIP - paper",
-    "gpu_seconds": "GPU s", "cpu_seconds": "CPU s", "psnr_oracle_mean": "oracle PSNR",
+    "paper_note": "vs paper", "gpu_seconds": "GPU s", "cpu_seconds": "CPU s", "psnr_oracle_mean": "oracle PSNR",
     "iterations_mean": "iterations", "sigma_error_mean": "noise error", "mask_precision_mean": "mask precision",
     "mask_recall_mean": "mask recall", "mask_iou_mean": "mask IoU", "defect_fraction_mean": "masked share",
     "published_psnr_mean": "CBM3D (published)", "seeds": "seeds", "seed_std_mean": "spread per image (std)",
@@ -53,8 +53,9 @@ LABELS = {  # headings for the terminal and Markdown tables
 SEED_COLUMNS = ("suite", "task", "image", "metric", "seeds", "mean", "std", "min", "max")
 NOTE = ("PSNR in dB, the latest attempt of each image. Baseline: bicubic for super-resolution, the degraded "
         "input otherwise; TV: the TV prior with the same data term. 'DIP - paper' on the suite's paper metric "
-        "(PSNR-Y, the paper's protocol, for super-resolution).")
-NO_SUITE = "-"  # results of a plain ``dip run`` (no suite column)
+        "(PSNR-Y, the paper's protocol, for super-resolution); 'vs paper' says where a run differs from the paper's "
+        "(another preset, crops).")
+NO_SUITE = ""  # results of a plain ``dip run`` (no suite column): no label
 MAX_SEED_ROWS = 200  # images over seeds listed in summary.md (seeds.csv has them all)
 
 
@@ -144,7 +145,8 @@ def summarize(table: pa.Table) -> list[dict]:
         papers = finite(numbers["paper_psnr"][member][:1000])
         mean = entry[f"{metric}_mean"]
         entry.update(paper_metric=metric, paper_psnr=papers[0] if papers else None,
-                     paper_delta=mean - papers[0] if papers and mean is not None else None)
+                     paper_delta=mean - papers[0] if papers and mean is not None else None,
+                     paper_note=comparability(suite, table, member) if papers else None)
         entry["sigma_error_mean"] = _mean(sigma_error[done])
         for summary_column, name in AVERAGED.items():
             entry[summary_column] = _mean(numbers[name][done])
@@ -207,6 +209,17 @@ def seeds_csv(rows: list[dict]) -> str:
     for row in rows:
         writer.writerow({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()})
     return buffer.getvalue()
+
+
+def comparability(suite: str, table: pa.Table, member: np.ndarray) -> str | None:
+    """None where a group ran as the paper did, else why it is "not comparable with the paper": a
+    preset other than the suite's paper presets (``PAPER_PRESETS``), crops (``--crop``)."""
+    presets = sorted(set(np.asarray(column(table, "preset", pa.string()).to_numpy(zero_copy_only=False),
+                                    dtype=object)[member]) - {None} - set(PAPER_PRESETS.get(suite, ())))
+    crops = sorted({int(c) for c in values(table, "crop")[member] if math.isfinite(c)})
+    reasons = ([f"preset {', '.join(presets)}"] if presets else []) + \
+        ([f"{'/'.join(f'{c}x{c}' for c in crops)} crops"] if crops else [])
+    return f"not comparable with the paper ({'; '.join(reasons)})" if reasons else None
 
 
 def gains(table: pa.Table) -> dict[tuple[str, str], np.ndarray]:

@@ -65,6 +65,10 @@ def test_run_writes_images_rows_record_and_marker_and_resumes(ray_local, tmp_pat
     assert by_id["b"]["task"] == "sr" and by_id["b"]["psnr_baseline"] is not None
     assert by_id["c"]["status"] == "error" and "c.png" in by_id["c"]["error"]
     assert Image.open(tmp_path / "out" / "restored" / "b.png").size == (32, 24)
+    assert by_id["b"]["degraded_uri"] == str(tmp_path / "out" / "degraded" / "b.png")
+    assert by_id["c"]["degraded_uri"] is None
+    assert Image.open(by_id["b"]["degraded_uri"]).size == (16, 12)  # what the x2 fit saw
+    assert Image.open(by_id["a"]["degraded_uri"]).size == (24, 20)
     assert all(row["attempt"] == 1 and row["iterations"] in (3, None) for row in table)
     for column in ("config_hash", "seed", "run_id", "started_at", "finished_at", "device", "seconds"):
         assert all(row[column] is not None for row in table), column
@@ -204,3 +208,16 @@ def test_the_driver_keeps_a_bounded_sample_of_rows():
         summary.add({"image_id": str(i), "status": "ok" if i % 2 else "error"})
     assert (summary.ok, summary.failed) == (1250, 1250)
     assert len(summary.rows) == KEEP_OK + KEEP_FAILED
+
+
+def test_the_demo_says_where_its_outputs_are_and_what_to_try_next(ray_local, tmp_path):
+    out = tmp_path / "demo"
+    outcome = CliRunner().invoke(main, ["demo", "-o", str(out), "--iterations", "2"], catch_exceptions=False)
+    assert outcome.exit_code == EXIT_OK, outcome.output
+    assert f"{out}/restored/" in outcome.output and f"dip report {out}" in outcome.output
+    assert sorted(p.name for p in (out / "restored").iterdir()) == ["f16-noise25.png", "kate-text.png", "zebra-x4.png"]
+    assert sorted(p.name for p in (out / "degraded").iterdir()) == ["f16-noise25.png", "zebra-x4.png"]
+    command = next(line for line in outcome.output.splitlines() if "dip restore" in line).split("dip restore ", 1)[1]
+    tried = CliRunner().invoke(main, ["restore", *command.split(), "--iterations", "2", "--device", "cpu"])
+    assert tried.exit_code == 0, tried.output  # the suggested command runs as printed
+    assert (out / "f16.png").exists() and (out / "f16-noisy.png").exists()

@@ -200,7 +200,7 @@ def test_the_manifest_passes_the_batch_jobs_checks_and_carries_suite_columns(tmp
     assert (baby.options.task, baby.options.scale, baby.options.preset, baby.options.tv_baseline) == (
         "sr", 4, "sr-x4", True)
     assert baby.extra == {"suite": "set5-x4", "subset": None, "paper_psnr": 29.90, "published_psnr": None,
-                          "replicate_of": None, "replicate": None}
+                          "replicate_of": None, "replicate": None, "crop": None}
     assert (kate.options.task, kate.options.preset, kate.mask_uri is not None) == ("inpaint", "inpaint-text", True)
 
 

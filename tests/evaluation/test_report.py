@@ -142,6 +142,23 @@ def test_summary_per_suite_and_task(run_output):
     assert sr["cpu_seconds"] == 5.0 and sr["gpu_seconds"] == 0
     assert inpaint["psnr_mean"] == 33.0 and inpaint["psnr_input_mean"] is None  # infinite: left out
     assert inpaint["paper_psnr"] is None and inpaint["paper_delta"] is None
+    assert denoise["paper_note"] == "not comparable with the paper (preset cpu-small)" and inpaint["paper_note"] is None
+
+
+def test_runs_unlike_the_paper_s_are_marked_and_a_plain_run_has_no_suite_label():
+    import pyarrow as pa
+
+    def summary(rows):
+        return summaries.summarize(pa.Table.from_pylist(
+            [{"image_id": str(i), "status": "ok", "task": "sr", "psnr_y": 30.0, "paper_psnr": 29.90, **r}
+             for i, r in enumerate(rows)]))[0]
+
+    assert summary([{"suite": "set5-x4", "preset": "sr-x4", "crop": None}])["paper_note"] is None
+    assert summary([{"suite": "set5-x4", "preset": "sr-x4", "crop": 64}, {"suite": "set5-x4", "preset": "sr-x8",
+                                                                         "crop": 64}])["paper_note"] == (
+        "not comparable with the paper (preset sr-x8; 64x64 crops)")
+    plain = summary([{"suite": None, "preset": "sr-x4", "paper_psnr": None}])
+    assert plain["suite"] == "" and plain["paper_note"] is None
 
 
 def test_summary_over_seeds_gives_each_image_s_spread_and_the_spread_of_the_mean():
