@@ -13,6 +13,7 @@ that no case uses) and the late-iterate average (``--average-last 100``). And th
 full budget on a crop at JPEG quality 10, 20 and 30 (PSNR and SSIM against its input, along the fit).
 
     python benchmarks/parity.py [--workers 2] [--seeds 4] [--budget-scale 1.0]
+    python benchmarks/parity.py --cases missing-pixels --first-seed 5 --parity-only --out ...  # 4 more seeds
 
 Each worker runs one fit at a time on one torch thread. Writes benchmarks/results/parity.json
 (rewritten after every fit, so a partial run can be read).
@@ -145,16 +146,25 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--seeds", type=int, default=4)
+    parser.add_argument("--first-seed", type=int, default=1)
     parser.add_argument("--budget-scale", type=float, default=1.0, help="scale every budget (a quick smoke run)")
+    parser.add_argument("--cases", help="Comma-separated cases to run (default: all)")
+    parser.add_argument("--parity-only", action="store_true", help="Only ours against the plain DIP: no DIP-TV "
+                        "calibration, variants or jpeg budget check")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "parity.json")
     args = parser.parse_args()
+    cases = list(CASES) if not args.cases else args.cases.split(",")
+    unknown = sorted(set(cases) - set(CASES))
+    if unknown:
+        parser.error(f"unknown case(s) {', '.join(unknown)}; known: {', '.join(CASES)}")
     torch.set_num_threads(1)
-    seeds = list(range(1, args.seeds + 1))
+    seeds = list(range(args.first_seed, args.first_seed + args.seeds))
     common = {"budget_scale": args.budget_scale}
     report = {"machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {args.workers} workers x 1 torch thread",
               "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "seeds": seeds,
               "budget_scale": args.budget_scale, "cases": {}, "tv_calibration": {}, "jpeg_quality": {}}
-    for name, spec in CASES.items():
+    for name in cases:
+        spec = CASES[name]
         report["cases"][name] = {"task": spec[0], "preset": spec[1], "image": spec[2], "size": spec[4],
                                  "degradation": spec[5], **baselines(name), "ours": {}, "plain": {}, "variants": {}}
     outputs: dict = {}
@@ -164,8 +174,10 @@ def main():
 
     with multiprocessing.get_context("spawn").Pool(args.workers) as pool:
         # 1. DIP-TV's weight on the calibration crops (one seed), beside the weight 0.
-        calibration = []
+        calibration, chosen = [], {}
         for case, (image, degradation) in CALIBRATION.items():
+            if args.parity_only:
+                break
             spec = (*CASES[case][:2], image, None, CASES[case][4], degradation, CASES[case][6])
             for weight in (0.0, *TV_GRID):
                 calibration.append({**common, "case": f"calibration-{case}", "spec": spec, "impl": "ours",
@@ -174,20 +186,22 @@ def main():
             report["tv_calibration"].setdefault(row["case"], {})[str(row["tv_weight"])] = row["psnr"]
             write()
         # the best non-zero weight per task (even where 0 scores higher: the variant is then measured as a loss)
-        chosen = {case: max(TV_GRID, key=lambda w: report["tv_calibration"][f"calibration-{case}"][str(w)])
-                  for case in CALIBRATION}
-        report["tv_weight_chosen"] = chosen
+        if not args.parity_only:
+            chosen = {case: max(TV_GRID, key=lambda w: report["tv_calibration"][f"calibration-{case}"][str(w)])
+                      for case in CALIBRATION}
+            report["tv_weight_chosen"] = chosen
 
         # 2. Parity, the variants and the jpeg budget check.
-        jobs = [{**common, "case": name, "impl": impl, "seed": seed} for name in CASES for seed in seeds
+        jobs = [{**common, "case": name, "impl": impl, "seed": seed} for name in cases for seed in seeds
                 for impl in ("ours", "plain")]
-        for case, weight in chosen.items():
+        for case, weight in ((c, w) for c, w in chosen.items() if c in cases):
             jobs += [{**common, "case": case, "impl": "ours", "seed": seed, "variant": "dip-tv", "tv_weight": weight}
                      for seed in seeds]
             jobs += [{**common, "case": case, "impl": "ours", "seed": seed, "variant": f"average-last-{AVERAGE_LAST}",
                       "average_last": AVERAGE_LAST} for seed in seeds]
-        jobs += [{**common, "case": "jpeg", "impl": "ours", "seed": 1, "variant": f"jpeg-{q}",
-                  "degradation": f"jpeg:{q}", "iterations": 2400} for q in JPEG_QUALITIES]
+        if not args.parity_only and "jpeg" in cases:
+            jobs += [{**common, "case": "jpeg", "impl": "ours", "seed": 1, "variant": f"jpeg-{q}",
+                      "degradation": f"jpeg:{q}", "iterations": 2400} for q in JPEG_QUALITIES]
         for row in pool.imap_unordered(run_one, jobs):
             case = report["cases"][row["case"]]
             image = row.pop("image")

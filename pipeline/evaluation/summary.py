@@ -203,12 +203,7 @@ def per_image_seeds(table: pa.Table) -> list[dict]:
 
 
 def seeds_csv(rows: list[dict]) -> str:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=SEED_COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()})
-    return buffer.getvalue()
+    return to_csv(rows, SEED_COLUMNS)
 
 
 def comparability(suite: str, table: pa.Table, member: np.ndarray) -> str | None:
@@ -266,9 +261,10 @@ def cell(entry: dict, column: str) -> str:
     return str(value)
 
 
-def to_csv(summary: list[dict]) -> str:
+def to_csv(summary: list[dict], columns: tuple[str, ...] = SUMMARY_COLUMNS) -> str:
+    """Rows as CSV with ``columns`` (floats to 4 decimals)."""
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=SUMMARY_COLUMNS, lineterminator="\n")
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
     for entry in summary:
         writer.writerow({k: round(v, 4) if isinstance(v, float) else v for k, v in entry.items()})
