@@ -42,10 +42,12 @@ from .run import run_batch
 def evaluate(suite, data, limit, crop, degradation, tv_baseline, seeds, address, num_cpus, quiet, verbose, **values):
     """Build SUITE's manifest (set5-x4, denoise-color-25, inpaint-samples, folder) under --output
     and run it as a batch; then `dip report OUTPUT`. Exit codes as `dip run`."""
+    from .. import storage
     from ..evaluation import evaluate as suites
 
     try:
         options = parse_json_object(values["storage_options"], "--storage-options")
+        storage.check_writable(values["output"], options, folder=True)
         if data is None and suite != "folder":
             data = default_data()
         if data is None:

@@ -50,6 +50,7 @@ def run_batch(values: dict, address: str | None, num_cpus: int | None = None, qu
     starts or attaches to Ray; Ray's own log lines go to ``raylog.log_path`` unless ``verbose``."""
     import contextlib
 
+    from .. import storage
     from ..batch.job import new_run_id, run, start_ray
     from ..batch.manifest import ManifestError
     from .progress import RunProgress
@@ -58,6 +59,7 @@ def run_batch(values: dict, address: str | None, num_cpus: int | None = None, qu
     progress, started, log = None, [], None
     try:
         config = run_config({**values, "run_id": values.get("run_id") or new_run_id()})
+        storage.check_writable(config.output, config.storage_options, folder=True)
         log = None if verbose else log_path(config.output, config.run_id)
         with (contextlib.nullcontext(sys.stderr) if log is None else ray_output_to(log)) as terminal, \
                 RunProgress(quiet=quiet, file=terminal) as progress:

@@ -102,6 +102,10 @@ def test_run_writes_images_rows_record_and_marker_and_resumes(ray_local, tmp_pat
         missing = CliRunner().invoke(main, ["run", "--manifest", str(tmp_path / "nothing.parquet"), "-o", output])
         assert missing.exit_code == EXIT_NOT_STARTED and connected == []
         assert f"manifest {tmp_path / 'nothing.parquet'}: no such file or folder" in missing.output
+        (tmp_path / "a-file").write_text("x")
+        under = CliRunner().invoke(main, ["run", "--manifest", manifest, "-o", str(tmp_path / "a-file" / "out")])
+        assert under.exit_code == EXIT_NOT_STARTED and connected == []
+        assert f"{tmp_path / 'a-file'} is a file, not a folder" in under.output
     assert result_files(output) == before
     rows = len(results.read_table(output))
     assert dip_run(manifest, output, "--force").exit_code == EXIT_OK
