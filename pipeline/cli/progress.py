@@ -25,11 +25,11 @@ class RunProgress:
         self.task = None
 
     def __enter__(self) -> "RunProgress":
-        self.progress.__enter__()
-        return self
+        return self  # the bar is drawn once there is something to fit (start)
 
     def __exit__(self, *exc) -> None:
-        self.progress.__exit__(*exc)
+        if self.task is not None:
+            self.progress.__exit__(*exc)
 
     def start(self, summary) -> None:
         todo = summary.total - summary.skipped
@@ -39,6 +39,7 @@ class RunProgress:
             self.console.print(f"run {summary.run_id}: {summary.total} images, {summary.skipped} already done, "
                                + (f"{todo} to fit" if todo else "nothing to fit"))
         if todo:  # no bar for a run with nothing to do
+            self.progress.__enter__()
             self.task = self.progress.add_task("fit", total=todo, rate="", errors=0)
 
     def advance(self, row: dict) -> None:
