@@ -160,7 +160,7 @@ def test_dip_run_on_a_terminal_prints_its_own_lines_only_and_logs_ray_s(tmp_path
     assert dip("manifest", str(tmp_path / "a.png"), "-o", str(tmp_path / "m.parquet"), "--degradation",
                "noise:25").returncode == 0
     done = dip("run", "--manifest", str(tmp_path / "m.parquet"), "-o", str(tmp_path / "out"), "--preset", "cpu-small",
-               "--iterations", "3", "--device", "cpu", "--num-cpus", "1", timeout=300)
+               "--iterations", "3", "--device", "cpu", "--num-cpus", "2", timeout=300)
     assert done.returncode == 0, done.stderr
     terminal = done.stdout + done.stderr
     for noise in ("INFO", "WARNING", "core_worker", "Progress bars", "Started a local Ray", "token"):
