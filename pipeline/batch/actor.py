@@ -13,6 +13,7 @@ its result goes to, so that the driver can wait for the last ones.
 
 from __future__ import annotations
 
+import atexit
 import datetime as dt
 import json
 import os
@@ -58,6 +59,9 @@ class FitActor:
         self.output, self.run_id, self.output_format = output, run_id, output_format
         self.storage_options, self.max_pixels = storage_options, max_pixels
         self.shards = results.ShardWriter(output, run_id, storage_options, rows=shard_rows, seconds=shard_seconds)
+        # Also at the worker's exit: __del__ does not run while a reference cycle holds the actor
+        # (seen: a run's last rows never written, the driver waiting for their shard).
+        atexit.register(self.shards.flush)
 
     def __del__(self):
         """Ray Data ends the actor when the dataset is done: write the rows still buffered."""
