@@ -16,7 +16,7 @@ import importlib
 
 _EXPORTS = {
     "restore": "pipeline.core.restore",
-    "restore_many": "pipeline.core.restore",
+    "restore_many": "pipeline.core.packed",
     "Restoration": "pipeline.core.restore",
     "Options": "pipeline.core.options",
     "fit": "pipeline.core.fit",

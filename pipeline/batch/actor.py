@@ -1,8 +1,8 @@
 """The batch job's fit actor: restores the planned images of one Ray Data batch and writes them.
 
 Each row is read, fitted and written on its own, so one bad image is one error row. With a
-batch of several rows, images that share ``restore.pack_key`` (same options but the seed, same
-size) are fitted together by ``restore.restore_many``; if that pack fails, each of its images is
+batch of several rows, images that share ``packed.pack_key`` (same options but the seed, same
+size) are fitted together by ``packed.restore_many``; if that pack fails, each of its images is
 fitted alone, so a diverging image fails only its own row. A pack that runs out of time is not
 refitted: its images cost the same, so each would run out of time alone too.
 
@@ -70,7 +70,7 @@ class FitActor:
             shards.flush()
 
     def __call__(self, batch: dict) -> dict:
-        from ..core.restore import pack_key
+        from ..core.packed import pack_key
 
         items = [self.start({k: batch[k][i] for k in batch}) for i in range(len(batch["image_id"]))]
         groups: dict = {}
@@ -112,7 +112,8 @@ class FitActor:
     def fit(self, group: list[_Item]) -> None:
         """Fit a group (packed when it has several images), then write each image's outputs."""
         from ..core.fit import FitTimeout
-        from ..core.restore import restore, restore_many
+        from ..core.packed import restore_many
+        from ..core.restore import restore
 
         if len(group) > 1:
             try:

@@ -35,7 +35,8 @@ from .engine import (
 from .nets import crop_center
 from .operators import Operator
 
-__all__ = ["FitConfig", "FitDiverged", "FitResult", "FitTimeout", "fit", "fit_many"]
+__all__ = ["FitConfig", "FitDiverged", "FitResult", "FitTimeout", "Progress", "fit", "fit_many"]
+Progress = Callable[[int, int, "dict | None"], None]  # (iterations done, of, the history entry written or None)
 
 
 class FitDiverged(RuntimeError):
@@ -78,7 +79,7 @@ def fit(
     time_limit_s: float | None = None,
     engine: EngineConfig | None = None,
     noise_sigma: float | list[float] | None = None,
-    progress: Callable[[int, int, dict | None], None] | None = None,
+    progress: Progress | None = None,
 ) -> FitResult:
     """Fit ``net`` so that ``operator(net(net_input))`` matches ``observation``.
 
@@ -116,7 +117,7 @@ def fit_many(
     time_limit_s: float | None = None,
     engine: EngineConfig | None = None,
     noise_sigma: list[float] | None = None,
-    progress: Callable[[int, int, dict | None], None] | None = None,
+    progress: Progress | None = None,
 ) -> list[FitResult]:
     """N independent fits in one loop: ``fit`` for a batch (see ``pipeline.core.packed``).
 
@@ -271,7 +272,7 @@ def fit_many(
     ]
 
 
-def _one(progress: Callable | None) -> Callable | None:
+def _one(progress: Progress | None) -> Progress | None:
     """A one-image progress callback as ``fit_many`` calls it: each entry's per-image lists unwrapped."""
     if progress is None:
         return None

@@ -1,12 +1,12 @@
 """One image, one task: check the inputs, tile or not, choose the operator, network and input,
-fit, and score. Also N same-size images in one packed fit (``restore_many``).
+fit, and score. N same-size images in one packed fit: ``pipeline.core.packed.restore_many``.
 
 This is what ``dip restore`` and the batch job call. It takes decoded pictures
 (``pipeline.core.images.Picture``) and returns one; reading and writing them is the caller's job.
 
     restore(observed, options)   check_inputs -> [archive_mask] -> choose_tile
                                  -> (restore_tiled | prepare -> fit -> finish)
-    restore_many([{observed, options}, ...])   prepare each -> fit_many(PackedNets) -> finish each
+    restore_many([{observed, options}, ...])   (pipeline.core.packed) prepare each -> fit_many -> finish each
     restore with options.restarts > 1           restore_averaged: N seeded restores, averaged
 """
 
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import torch
@@ -24,21 +24,17 @@ from torch import Tensor
 from .baselines import degraded_input, tv_restore
 from .defects import detect_defects
 from .features import feature_extractor
-from .fit import FitResult, FitTimeout, fit, fit_many
+from .fit import FitResult, FitTimeout, Progress, fit
 from .images import Picture
-from .memory import GiB, choose_tile, memory_budget, memory_needed
+from .memory import choose_tile
 from .metadata import Metadata
 from .metrics import score
 from .nets import build_net, grid_size, make_input
 from .noise import estimate_noise
 from .operators import Denoise, FeatureInversion, Inpainting, JpegArtifacts, Operator, SuperResolution
 from .options import Options
-from .packed import PackedNets
 from .presets import Preset
 from .tiles import TILE_OVERLAP_DIVISOR, blend_weights, tile_boxes
-
-PACKABLE_TASKS = ("denoise", "jpeg", "sr", "inpaint", "archive")
-Progress = Callable[[int, int, "dict | None"], None]  # (iterations done, of, the history entry written or None)
 
 
 @dataclass
@@ -374,53 +370,6 @@ def _crop(picture: Picture | None, top: int, left: int, h: int, w: int) -> Pictu
         return None
     pixels = picture.pixels[..., top:top + h, left:left + w].contiguous()  # (1, C, h, w)
     return Picture(pixels=pixels, alpha=None, bit_depth=picture.bit_depth)
-
-
-# -----------------------------------------------------------------------------
-# packs: N same-size images in one batched fit
-
-
-def pack_key(observed: Picture, options: Options) -> tuple | None:
-    """Images with equal keys can share one packed fit (``restore_many``): every option but the
-    seed, and the image's channels and size. None = fit it alone."""
-    if options.task not in PACKABLE_TASKS or options.restarts > 1:
-        return None
-    return (replace(options, seed=0), observed.channels, observed.height, observed.width)
-
-
-def restore_many(items: Sequence[dict]) -> list[Restoration]:
-    """Restore several same-size images in one packed fit (``pipeline.core.packed.PackedNets``).
-
-    items: one dict per image with the keyword arguments of ``restore``: ``observed``, ``options``
-    and optionally ``mask`` and ``reference``. All must share ``pack_key``; each keeps its own
-    seed (input, network and jitter), so each result is the one ``restore`` gives (up to rounding).
-    The time limit is per image, as in ``restore``: the pack of N gets N times it (its images are
-    one size and one preset, so they cost the same).
-    """
-    if not items:
-        return []
-    keys = {pack_key(item["observed"], item["options"]) for item in items}
-    if None in keys or len(keys) != 1:
-        raise ValueError(f"restore_many needs images of one packable kind (tasks {PACKABLE_TASKS}, one size, one "
-                         f"preset, one device); got keys {sorted(map(str, keys))}")
-    needed, budget = memory_needed(items[0]["observed"], items[0]["options"]) * len(items), \
-        memory_budget(items[0]["options"])
-    if needed > budget:
-        raise ValueError(f"a pack of {len(items)} images needs about {needed / GiB:.1f} GiB, over the "
-                         f"{budget / GiB:.1f} GiB budget: pack fewer")
-    jobs = [prepare(item["observed"], item["options"], mask=item.get("mask"), reference=item.get("reference"))
-            for item in items]
-    first, options = jobs[0], jobs[0].options
-    references = [job.reference for job in jobs]
-    reference = torch.cat(references) if all(r is not None for r in references) else None
-    results = fit_many(
-        PackedNets([job.net for job in jobs]), torch.cat([job.z for job in jobs]),
-        first.operator.stack([job.operator for job in jobs]), torch.cat([job.y for job in jobs]), first.preset.fit,
-        reference=reference, seeds=[job.options.seed for job in jobs], device=options.device,
-        time_limit_s=None if options.time_limit_s is None else options.time_limit_s * len(jobs),
-        noise_sigma=[job.noise_floor for job in jobs],
-    )
-    return [finish(job, result) for job, result in zip(jobs, results, strict=True)]
 
 
 # -----------------------------------------------------------------------------

@@ -58,6 +58,7 @@ def test_with_packing_the_plan_puts_same_size_rows_next_to_each_other(tmp_path):
 def test_a_failed_pack_is_refitted_alone_unless_it_ran_out_of_time(monkeypatch, tmp_path, failure):
     import pyarrow.parquet as pq
 
+    import pipeline.core.packed as packed_module
     import pipeline.core.restore as restore_module
     from pipeline.batch.actor import FitActor
     from pipeline.batch.job import RunConfig, write_plan
@@ -77,7 +78,7 @@ def test_a_failed_pack_is_refitted_alone_unless_it_ran_out_of_time(monkeypatch, 
 
     alone = []
     real_restore = restore_module.restore
-    monkeypatch.setattr(restore_module, "restore_many", broken_pack)
+    monkeypatch.setattr(packed_module, "restore_many", broken_pack)
     monkeypatch.setattr(restore_module, "restore", lambda **kw: alone.append(1) or real_restore(**kw))
     out = FitActor(config.output, "run", {}, max_pixels=10**6, threads=1)(pq.read_table(plan).to_pydict())
     if failure == "timeout":

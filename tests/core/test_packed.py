@@ -10,8 +10,8 @@ from pipeline.core.images import Picture
 from pipeline.core.metrics import psnr
 from pipeline.core.nets import NET_VARIANTS, build_net
 from pipeline.core.options import Options
-from pipeline.core.packed import PackedNets
-from pipeline.core.restore import pack_key, restore, restore_many
+from pipeline.core.packed import PackedNets, pack_key, restore_many
+from pipeline.core.restore import restore
 from pipeline.core.synthetic import synthesize
 from tests.core.test_fit import smooth_image
 
@@ -101,7 +101,7 @@ def test_early_stopping_in_a_pack_freezes_each_image_at_its_own_minimum():
 
 
 def test_a_pack_gets_the_time_limit_of_each_of_its_images(monkeypatch):
-    import pipeline.core.restore as restore_module
+    import pipeline.core.packed as packed_module
     from pipeline.core.fit import FitTimeout
 
     limits = []
@@ -110,7 +110,7 @@ def test_a_pack_gets_the_time_limit_of_each_of_its_images(monkeypatch):
         limits.append(time_limit_s)
         raise FitTimeout("ran past its time limit")
 
-    monkeypatch.setattr(restore_module, "fit_many", fit_many)
+    monkeypatch.setattr(packed_module, "fit_many", fit_many)
     batch = [{**item, "options": replace(item["options"], time_limit_s=2.5)} for item in items("noise:25")]
     with pytest.raises(FitTimeout):
         restore_many(batch)

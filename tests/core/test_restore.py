@@ -140,7 +140,7 @@ def test_paper_presets_match_the_paper_table():
 
 
 def test_restarts_average_the_fits_of_consecutive_seeds():
-    from pipeline.core.restore import pack_key
+    from pipeline.core.packed import pack_key
 
     yy, xx = torch.meshgrid(torch.linspace(0, 1, 24), torch.linspace(0, 1, 24), indexing="ij")
     clean = picture(torch.stack([xx, yy, (xx + yy) / 2])[None])
