@@ -77,14 +77,17 @@ class Job:
             image_id=row["image_id"], uri=row["uri"], options=Options(**json.loads(row["options"])),
             mask_uri=row["mask_uri"], reference_uri=row["reference_uri"], guide_uri=row["guide_uri"],
             degradation=row["degradation"], config_hash=row["config_hash"], extra=json.loads(row["extra"]),
-            degradation_seed=_optional_int(row.get("degradation_seed")),
+            degradation_seed=_optional_int(row.get("degradation_seed"), "degradation_seed"),
         )
 
 
-def _optional_int(value) -> int | None:
-    """An optional integer column's value: None for a null (which Arrow may hand over as NaN)."""
+def _optional_int(value, name: str) -> int | None:
+    """An optional integer column's value: None for a null (which Arrow may hand over as NaN);
+    ValueError naming the column for anything but an integer."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or value != int(value):
+        raise ValueError(f"{name} must be an integer, got {_short(value)}")
     return int(value)
 
 
@@ -222,16 +225,9 @@ def resolve(row: dict, defaults: Options) -> Job:
             raise ValueError(f"params must be a JSON object, got {_short(params)}")
         overrides.update(parsed)
     seed = overrides.pop("seed") if "seed" in overrides else derive_seed(defaults.seed, image_id)
-    degradation_seed = row.get("degradation_seed")
-    if degradation_seed is not None and not (isinstance(degradation_seed, float) and math.isnan(degradation_seed)):
-        if not degradation:
-            raise ValueError(f"degradation_seed {degradation_seed!r} is given but the row has no degradation")
-        if isinstance(degradation_seed, bool) or not isinstance(degradation_seed, int | float) \
-                or degradation_seed != int(degradation_seed):
-            raise ValueError(f"degradation_seed must be an integer, got {_short(degradation_seed)}")
-        degradation_seed = int(degradation_seed)
-    else:
-        degradation_seed = None
+    degradation_seed = _optional_int(row.get("degradation_seed"), "degradation_seed")
+    if degradation_seed is not None and not degradation:
+        raise ValueError(f"degradation_seed {degradation_seed!r} is given but the row has no degradation")
     if overrides.get("task", defaults.task) != defaults.task and "preset" not in overrides:
         overrides["preset"] = None if defaults.preset != "cpu-small" else "cpu-small"
     mask_uri = row.get("mask_uri") or None
