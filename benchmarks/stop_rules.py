@@ -4,6 +4,7 @@ denoising suite (the authors' sigma-25 noisy inputs, centre crops).
     python benchmarks/stop_rules.py --preset denoise --size 64 --iterations 1000     # the paper's net
     python benchmarks/stop_rules.py --preset cpu-small --size 64 --iterations 3000   # the small net, long
     python benchmarks/stop_rules.py --preset denoise --size 0 --iterations 3000 --device cuda  # full size, GPU
+    python benchmarks/stop_rules.py --replay benchmarks/results/stop_rules_denoise_64.json  # no fitting
 
 One fit per image, run to the whole budget with its history recorded every 10 iterations (the
 ES-WMV detector in dry-run mode beside it), then every rule is replayed from that history:
@@ -13,6 +14,10 @@ ES-WMV detector in dry-run mode beside it), then every rule is replayed from tha
 - wmv: the moving-variance detector (the preset's window and patience): its output, and where it fired;
 - discrepancy@m: the first check where the residual RMS ‖y − x‖/√n of the output falls to m·σ̂,
   σ̂ estimated from the noisy input (``pipeline.core.noise``); the budget's output if it never does.
+
+``--replay FILE`` fits nothing: it takes the histories an earlier run recorded, estimates σ̂ of the
+same noisy crops again with the current estimator and replays the discrepancy rule; the fixed budget,
+the oracle and ES-WMV are kept from the file (written to ``FILE`` with ``_replayed`` added).
 
 Writes ``benchmarks/results/stop_rules_<preset>_<size>.json``: per image and rule, PSNR (dB) and
 the iterations it ran; per rule the mean PSNR, the mean and worst gap to the oracle, and the mean
@@ -87,6 +92,25 @@ def one(name: str, args) -> dict:
     return row
 
 
+def replayed(path: Path, data: str) -> dict:
+    """An earlier run's result with σ̂ estimated again and the discrepancy rule replayed."""
+    from pipeline.core.noise import estimate_noise
+    from pipeline.core.operators import Denoise
+
+    recorded = json.loads(path.read_text())
+    folder = Path(data) / "denoise_color_sigma25"
+    for row in recorded["rows"]:
+        sigma = estimate_noise(crop(read(folder / f"{row['image']}_noisy.png"), recorded["size"]).pixels).sigma
+        floor = Denoise().noise_floor(sigma / 255)
+        row["noise_sigma_recorded"], row["noise_sigma"] = row["noise_sigma"], sigma
+        for margin in MARGINS:
+            psnr_at, iteration = replay(row["history"], floor, margin)
+            row["rules"][f"discrepancy@{margin:g}"] = {"psnr": round(psnr_at, 3), "iterations": int(iteration)}
+    recorded["summary"] = summarise(recorded["rows"], recorded["iterations"])
+    recorded["replayed_from"] = str(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path)
+    return recorded
+
+
 def summarise(rows: list[dict], budget: int) -> dict:
     summary = {}
     for rule in rows[0]["rules"]:
@@ -110,7 +134,17 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default=None)
+    parser.add_argument("--replay", default=None, help="an earlier result: replay its histories, fit nothing")
     args = parser.parse_args()
+    if args.replay:
+        source = Path(args.replay).resolve()
+        result = replayed(source, args.data)
+        out = Path(args.out or source.with_name(source.stem + "_replayed.json"))
+        out.write_text(json.dumps(result, indent=1) + "\n")
+        for rule, figures in result["summary"].items():
+            print(f"{rule:>18}: {figures}")
+        print(f"wrote {out}")
+        return
     torch.set_num_threads(args.threads)
     rows = [one(name, args) for name in args.images.split(",")]
     result = {"preset": args.preset, "size": args.size, "iterations": args.iterations, "seed": args.seed,

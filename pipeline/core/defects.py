@@ -11,21 +11,31 @@ morphology, labelling and Hough transform:
    the image's noise level σ̂) and required to change the pixel by ``MIN_CONTRAST`` or more.
 2. Specks: hysteresis-thresholded top-hat (disc of radius 4: up to about 7 px across), kept where
    a component is small (``SPECK_AREA``), round and solid, stands out from the ring around it by
-   ``RING_CONTRAST`` times that ring's spread (a detail of busy texture does not), and is not
-   one of a tight group (``CROWD``: the letters of a word, the highlights of a texture).
+   more than ``RING_NOISE`` times the noise of that difference (σ̂ and the pixels counted) and
+   ``RING_TEXTURE`` times the ring's texture (its spread beyond σ̂: a detail of busy texture does
+   not), and is not one of a tight group (``CROWD``: the letters of a word, the highlights of a
+   texture).
 3. Scratches: the Hough transform of the thin top-hat (disc of radius 2: lines up to 4 px wide)
-   finds long straight lines at any angle; along each, the runs where the line is visible
-   (``SCRATCH_LENGTH`` or longer) are kept when the background is the same on both sides (a
-   scratch crosses the content; an object's edge has a different side each way), with the width
-   measured from the line's profile.
-4. A ring of one pixel around what was found, where it still stands out, joins the mask (the
+   finds long straight lines at any angle; along each, the line's evidence (its top-hat score,
+   averaged over ``SCRATCH_WINDOW`` px along it: a faint scratch adds up along its length) marks
+   where it is visible; runs of ``SCRATCH_LENGTH`` or longer are kept when the background is the
+   same on both sides (a scratch crosses the content; an object's edge has a different side each
+   way), with the width measured from the line's profile. ``FAMILY`` or more lines at one angle
+   (mortar joints, planks, blinds) are the picture's structure, not scratches.
+4. Colour: dust and scratches are grey, so a bright one laid over a coloured background takes the
+   background's colour away; a bright candidate whose change keeps that colour (``CHROMA_GAIN``)
+   is a highlight of the picture. (A dark grey defect darkens every channel as a shadow does, so
+   the test is for bright ones only.)
+5. A ring of one pixel around what was found, where it still stands out, joins the mask (the
    defect's anti-aliased edge).
 
-``sensitivity`` divides the seed threshold and the contrast needed (2: half the contrast is
-enough; 0.5: twice as much is needed). What this does not find: defects wider than 7 px that are
-not straight lines (hairs, fibres, stains), and faint defects on busy texture; it takes straight
-thin natural lines (mortar joints, wires, text baselines) for scratches when they are long and even.
-``benchmarks/archive.py`` measures precision and recall on the ``archive-synthetic`` suite.
+``sensitivity`` divides the seed threshold, the contrast needed and the scratches' evidence (2:
+half the contrast is enough; 0.5: twice as much is needed). What this does not find: defects wider
+than 7 px that are not straight lines (hairs, fibres, stains), faint specks on busy texture or under
+heavy grain (a speck of one or two pixels needs several times the grain's contrast); it takes
+straight thin natural lines (grooves, wires, a panel's edge) for scratches when they are long, even
+and not one of a family, and dark details of the picture (a letter, a knot) for dust where they
+stand alone. ``benchmarks/archive.py`` measures precision and recall on the ``archive-synthetic`` suite.
 """
 
 from __future__ import annotations
@@ -38,17 +48,23 @@ import numpy as np
 SPECK_RADIUS = 4  # the opening's disc for specks: structures up to 2r - 1 = 7 px across
 LINE_RADIUS = 2  # the opening's disc for scratches: lines up to 4 px wide
 BLOCK = 16  # px: the blocks over which the local level and spread of the top-hat are taken
-HIGH, LOW = 9.0, 3.0  # hysteresis thresholds, in local spreads (HIGH divided by the sensitivity)
+HIGH, LOW = 5.0, 3.0  # hysteresis thresholds, in local spreads (HIGH divided by the sensitivity)
 MIN_CONTRAST = 0.15  # a defect changes the luminance by at least this much ([0, 1] units) at HIGH
 SPECK_AREA = 60  # px: the largest speck (a 7 px disc with its edge)
 SPECK_ECCENTRICITY = 0.95
 SPECK_SOLIDITY = 0.75  # area / convex hull area: dust is a blob
-RING_CONTRAST = 5.0  # a speck's contrast against the spread of the ring 2-3 px around it
+RING_NOISE = 5.0  # a speck's contrast against the ring 2-3 px around it, in the noise of that difference
+RING_TEXTURE = 5.0  # ... and in the ring's texture (its spread beyond the noise)
 CROWD, CROWD_RADIUS = 2, 12  # a speck with CROWD other candidates within CROWD_RADIUS px is not dust
 SCRATCH_LENGTH = 0.45  # a scratch's shortest visible run, as a share of the image's shorter side
 SCRATCH_MIN_PX = 32  # ... and in px, for small images
-SCRATCH_DENSITY = 0.5  # share of a run's positions (21 px window) where the line stands out
+SCRATCH_EVIDENCE = 1.3  # mean top-hat score (local spreads) along a visible run, over ...
+SCRATCH_WINDOW = 41  # ... this many positions along the line
+SCRATCH_INNER, SCRATCH_CAP = 1.5, 8.0  # px from the line where its evidence is taken; score cap
+FAMILY, FAMILY_ANGLE = 3, 1.5  # this many lines within this many degrees of each other are structure
 SYMMETRY = 0.5  # |left - right| of a scratch's background at most this share of its contrast
+CHROMA_MIN = 0.04  # a background's chroma (RMS over channels x sqrt(C)) the colour test needs
+CHROMA_GAIN = -0.2  # a bright candidate whose change keeps more of its background's chroma is the picture's
 MAX_SCRATCHES = 12  # Hough peaks examined per polarity
 
 
@@ -89,12 +105,14 @@ def detect_defects(pixels, *, sensitivity: float = 1.0) -> Defects:
     min_length = max(SCRATCH_MIN_PX, int(SCRATCH_LENGTH * min(luma.shape)))
     found = np.zeros(luma.shape, dtype=bool)
     specks = scratches = 0
-    speck_scores = _tophat_scores(luma, SPECK_RADIUS, sigma, high)
-    line_scores = _tophat_scores(luma, LINE_RADIUS, sigma, high)
-    for z, z_line in zip(speck_scores, line_scores, strict=True):  # bright defects, then dark ones
+    speck_scores = _tophat_scores(luma, SPECK_RADIUS, sigma)
+    line_scores = _tophat_scores(luma, LINE_RADIUS, sigma)
+    colour = array[0] if array.shape[1] >= 3 else None  # (C, H, W): the chroma test of bright defects
+    for bright, z, z_line in zip((True, False), speck_scores, line_scores, strict=True):  # bright, then dark
         labels, count = label(apply_hysteresis_threshold(z, low, high), connectivity=2, return_num=True)
-        kept = _specks(labels, count, luma)
-        lines, n_lines = _scratches(z_line, luma, low, min_length)
+        kept = _specks(labels, count, luma, sigma, colour if bright else None)
+        lines, n_lines = _scratches(z_line, luma, low, min_length, colour if bright else None,
+                                    evidence=SCRATCH_EVIDENCE / sensitivity)
         part = kept[labels] | lines
         part |= dilation(part, disk(1)) & (z > low / 2)
         found |= part
@@ -103,10 +121,10 @@ def detect_defects(pixels, *, sensitivity: float = 1.0) -> Defects:
     return Defects(keep=~found, specks=specks, scratches=scratches)
 
 
-def _tophat_scores(luma: np.ndarray, radius: int, sigma: float, high: float) -> tuple[np.ndarray, np.ndarray]:
+def _tophat_scores(luma: np.ndarray, radius: int, sigma: float) -> tuple[np.ndarray, np.ndarray]:
     """The white and black top-hats of ``luma`` by a disc of ``radius`` (reflect-padded), each in
     local spreads: (top-hat - block median) / max(1.4826 * block MAD, sigma / 2), capped where the
-    top-hat is below ``MIN_CONTRAST * value / high`` (so that ``high`` needs ``MIN_CONTRAST``)."""
+    top-hat is below ``MIN_CONTRAST * value / HIGH`` (so that ``HIGH`` needs ``MIN_CONTRAST``)."""
     from skimage.morphology import black_tophat, disk, white_tophat
 
     footprint, pad = disk(radius), radius + 1
@@ -117,7 +135,7 @@ def _tophat_scores(luma: np.ndarray, radius: int, sigma: float, high: float) -> 
         centre = _block_stat(tophat)
         spread = np.maximum(1.4826 * _block_stat(np.abs(tophat - centre)), 0.5 * sigma)
         excess = tophat - centre
-        scores.append(np.minimum(excess / spread, excess * high / MIN_CONTRAST))
+        scores.append(np.minimum(excess / spread, excess * HIGH / MIN_CONTRAST))
     return scores[0], scores[1]
 
 
@@ -134,7 +152,8 @@ def _block_stat(values: np.ndarray) -> np.ndarray:
     return resize(medians, (h, w), order=1, mode="edge")
 
 
-def _specks(labels: np.ndarray, count: int, luma: np.ndarray) -> np.ndarray:
+def _specks(labels: np.ndarray, count: int, luma: np.ndarray, sigma: float,
+            colour: np.ndarray | None) -> np.ndarray:
     """keep[label] for labels 0..count: True for the components that are specks (small, round,
     standing out from their ring); keep[0] (the background) False."""
     from skimage.measure import regionprops
@@ -157,16 +176,26 @@ def _specks(labels: np.ndarray, count: int, luma: np.ndarray) -> np.ndarray:
         around = patch[ring]
         if around.size == 0:
             continue
-        spread = 1.4826 * np.median(np.abs(around - np.median(around))) + 1e-6
-        if abs(np.median(patch[inside]) - np.median(around)) < RING_CONTRAST * spread:
+        # Its contrast against the ring must exceed what the noise gives two medians of that many
+        # pixels, and the ring's texture (its spread beyond the noise).
+        spread = 1.4826 * np.median(np.abs(around - np.median(around)))
+        texture = math.sqrt(max(spread ** 2 - sigma ** 2, 0.0))
+        noise = 1.2533 * sigma * math.sqrt(1 / inside.sum() + 1 / around.size)  # std of the medians' difference
+        if abs(np.median(patch[inside]) - np.median(around)) < max(RING_NOISE * noise, RING_TEXTURE * texture, 1e-6):
             continue
-        # dust is scattered: one of a tight group of candidates is texture or text
-        distances = np.sqrt(((everything - np.asarray(region.centroid)) ** 2).sum(axis=1))
-        keep[region.label] = (distances <= CROWD_RADIUS).sum() - 1 < CROWD
+        if colour is not None and _keeps_colour(colour[:, top:bottom, left:right], inside, ring):
+            continue
+        keep[region.label] = True
+    # dust is scattered: one of a tight group of candidates is texture or text
+    for region in regions:
+        if keep[region.label]:
+            distances = np.sqrt(((everything - np.asarray(region.centroid)) ** 2).sum(axis=1))
+            keep[region.label] = (distances <= CROWD_RADIUS).sum() - 1 < CROWD
     return keep
 
 
-def _scratches(z: np.ndarray, luma: np.ndarray, low: float, min_length: int) -> tuple[np.ndarray, int]:
+def _scratches(z: np.ndarray, luma: np.ndarray, low: float, min_length: int, colour: np.ndarray | None,
+               evidence: float) -> tuple[np.ndarray, int]:
     """Long straight lines where the thin top-hat score ``z`` stands out: (mask, count)."""
     from skimage.transform import hough_line, hough_line_peaks
 
@@ -181,31 +210,50 @@ def _scratches(z: np.ndarray, luma: np.ndarray, low: float, min_length: int) -> 
         accumulator, angles, distances, min_distance=7, min_angle=7, threshold=0.6 * min_length,
         num_peaks=MAX_SCRATCHES)
     rows, cols = np.mgrid[0:h, 0:w]
-    strong, count = z > low, 0
-    for angle, distance in zip(peak_angles, peak_distances, strict=True):
-        line = _scratch_along(rows, cols, z, luma, strong, angle, distance, min_length)
-        if line is not None:
+    strong = z > low
+    lines = [(angle, line) for angle, distance in zip(peak_angles, peak_distances, strict=True)
+             if (line := _scratch_along(rows, cols, z, luma, strong, angle, distance, min_length, colour,
+                                      evidence)) is not None]
+    # A family of parallel lines (mortar joints, planks, blinds, ruled paper) is the picture's own
+    # structure: scratches cross an image at angles of their own.
+    angles = np.array([angle for angle, _ in lines])
+    count = 0
+    for angle, line in lines:
+        apart = np.abs((angles - angle + np.pi / 2) % np.pi - np.pi / 2)  # angle differences, mod 180 deg
+        if (apart <= math.radians(FAMILY_ANGLE)).sum() < FAMILY:
             found |= line
             count += 1
     return found, count
 
 
-def _scratch_along(rows, cols, z, luma, strong, angle, distance, min_length) -> np.ndarray | None:
+def _scratch_along(rows, cols, z, luma, strong, angle, distance, min_length, colour, needed) -> np.ndarray | None:
     """The scratch on the Hough line (angle, distance), or None: its visible runs of ``min_length``
-    px or more, as wide as its profile, if its background matches on both sides."""
+    px or more, as wide as its profile, if its background matches on both sides.
+
+    Visible: the line's evidence at each position along it (the largest top-hat score within
+    ``SCRATCH_INNER`` px of the line, capped at ``SCRATCH_CAP`` so that one speck on the line does
+    not carry it) averaged over ``SCRATCH_WINDOW`` positions reaches ``needed`` (``SCRATCH_EVIDENCE``
+    over the sensitivity): a faint scratch, a few local spreads above the grain pixel by pixel, adds
+    up along its length. A colour ``colour`` (C, H, W), given for bright lines, is tested as
+    ``_keeps_colour`` says."""
     c, s = math.cos(angle), math.sin(angle)
     offset = cols * c + rows * s - distance  # signed distance from the line, px
     band = np.abs(offset) <= 2.5
     position = np.round(rows * c - cols * s).astype(int)  # along the line, px
-    at, hit = position[band], strong[band]
+    at, hit, across, scores = position[band], strong[band], offset[band], z[band]
     first, n = at.min(), at.max() - at.min() + 1
-    cover = np.zeros(n)
-    np.maximum.at(cover, at - first, hit.astype(float))
-    density = np.convolve(cover, np.ones(21) / 21, mode="same")
-    visible = _long_runs(density >= SCRATCH_DENSITY, min_length)
+    inner = np.abs(across) <= SCRATCH_INNER
+    evidence = np.full(n, -np.inf)
+    np.maximum.at(evidence, at[inner] - first, np.clip(scores[inner], -SCRATCH_CAP, SCRATCH_CAP))
+    present = np.isfinite(evidence)
+    window = np.ones(SCRATCH_WINDOW)
+    total = np.convolve(np.where(present, evidence, 0.0), window, mode="same")
+    counted = np.convolve(present.astype(float), window, mode="same")
+    visible = _long_runs(present & (total >= needed * np.maximum(counted, 1)), min_length)
+    visible = _trimmed(visible, np.convolve(np.where(present, evidence, 0.0), np.ones(5) / 5, mode="same"), needed)
     if not visible.any():
         return None
-    on_run, across, scores = visible[at - first], offset[band], z[band]
+    on_run = visible[at - first]
     half = 0.5  # half-width: grow while the profile's ring still stands out
     for step in np.arange(1.0, 2.6, 0.5):
         ring = on_run & (np.abs(across) <= step) & (np.abs(across) > step - 0.5)
@@ -225,9 +273,48 @@ def _scratch_along(rows, cols, z, luma, strong, angle, distance, min_length) -> 
     left_m, right_m = np.median(left), np.median(right)
     if abs(left_m - right_m) > SYMMETRY * abs(np.median(centre) - (left_m + right_m) / 2):
         return None  # one side differs from the other: an object's edge, not a scratch
+    if colour is not None:
+        sides = np.zeros(z.shape, dtype=bool)
+        sides[near] = inside & (np.abs(side) > half + 1.5)
+        middle = np.zeros(z.shape, dtype=bool)
+        middle[near] = inside & (np.abs(side) <= half)
+        if _keeps_colour(colour, middle, sides):
+            return None
     line = np.zeros(z.shape, dtype=bool)
     line[band] = on_run & ((np.abs(across) <= half) | hit)
     return line
+
+
+def _keeps_colour(colour: np.ndarray, inside: np.ndarray, around: np.ndarray) -> bool:
+    """Whether a bright candidate keeps the colour of its surroundings (a highlight of the picture)
+    rather than turning grey as dust and scratches do. ``colour`` (C, h, w); ``inside``, ``around``
+    (h, w) bool.
+
+    A grey defect of tone t laid over a background b at opacity a changes each channel by
+    a (t - b_c), so its chroma (the change minus its mean over the channels) is -a times the
+    background's; a highlight of the picture scales the background, keeping its chroma's sign. The
+    chroma gain of the change along the background's chroma tells them apart where the background
+    has colour enough (``CHROMA_MIN``)."""
+    background = np.median(colour[:, around], axis=1)  # (C,)
+    change = np.median(colour[:, inside], axis=1) - background
+    hue = background - background.mean()
+    strength = float(hue @ hue)
+    if strength < CHROMA_MIN ** 2:
+        return False  # a grey background: no colour to go by
+    return float((change - change.mean()) @ hue) / strength > CHROMA_GAIN
+
+
+def _trimmed(runs: np.ndarray, evidence: np.ndarray, needed: float) -> np.ndarray:
+    """``runs`` with each run's ends moved in to where ``evidence`` reaches ``needed`` (the
+    window that found a run reaches half its length past the scratch's ends)."""
+    padded = np.concatenate(([False], runs, [False])).astype(np.int8)
+    edges = np.flatnonzero(np.diff(padded))
+    out = np.zeros_like(runs)
+    for start, stop in zip(edges[::2], edges[1::2], strict=True):
+        strong = np.flatnonzero(evidence[start:stop] >= needed)
+        if strong.size:
+            out[start + strong[0]:start + strong[-1] + 1] = True
+    return out
 
 
 def _long_runs(flags: np.ndarray, min_length: int) -> np.ndarray:

@@ -59,6 +59,38 @@ def test_a_clean_grainy_image_has_a_nearly_empty_mask():
     assert detect_defects(noisy).fraction < 0.002
 
 
+def test_a_highlight_that_keeps_the_colour_of_its_background_is_not_dust():
+    """On a red background a bright grey speck is dust; a bright red one (the picture's highlight) is not."""
+    h = w = 96
+    image = torch.tensor([0.6, 0.15, 0.15]).view(1, 3, 1, 1).expand(1, 3, h, w).clone()
+    rows, cols = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    grey = (rows - 30) ** 2 + (cols - 30) ** 2 <= 4
+    red = (rows - 65) ** 2 + (cols - 65) ** 2 <= 4
+    image[..., grey] = 0.95
+    image[..., red] = torch.tensor([0.95, 0.35, 0.35])[:, None]  # brighter, same hue
+    noisy = (image + torch.randn(image.shape, generator=torch.Generator().manual_seed(2)) * 4 / 255).clamp(0, 1)
+    masked = torch.from_numpy(~detect_defects(noisy).keep)
+    assert masked[grey].float().mean() > 0.9
+    assert not masked[red].any()
+
+
+def test_a_family_of_parallel_lines_is_structure_and_a_lone_line_a_scratch():
+    """Four parallel dark lines (mortar joints, planks) are left alone; one of them alone is a scratch."""
+    h = w = 128
+    clean = smooth_image(h, w)
+    rows = torch.arange(h)[:, None].expand(h, w)
+    lines = torch.zeros(h, w, dtype=torch.bool)
+    for r in (30, 55, 80, 105):
+        lines |= rows == r
+    family, lone = clean.clone(), clean.clone()
+    family[..., lines] = 0.05
+    lone[..., rows == 55] = 0.05
+    noise = torch.randn(clean.shape, generator=torch.Generator().manual_seed(4)) * 6 / 255
+    assert detect_defects((family + noise).clamp(0, 1)).scratches == 0
+    found = detect_defects((lone + noise).clamp(0, 1))
+    assert found.scratches == 1 and (~found.keep)[55].mean() > 0.9
+
+
 def test_sensitivity_trades_faint_defects_for_false_ones():
     noisy, _, _ = planted()
     faint, _, _ = planted(opacity=0.3)

@@ -26,6 +26,22 @@ def test_sigma_is_estimated_within_ten_percent_on_a_smooth_image(sigma):
     assert len(level.per_channel) == 3 and all(s == pytest.approx(sigma, rel=0.15) for s in level.per_channel)
 
 
+@pytest.mark.parametrize("sigma", [5, 10])
+def test_texture_does_not_raise_sigma_on_a_large_image(sigma):
+    """Half fine texture, half smooth: the whole-image estimator reads the texture as noise, the
+    block estimator takes the smooth half."""
+    from skimage.restoration import estimate_sigma
+
+    generator = torch.Generator().manual_seed(sigma)
+    clean = smooth_image(320, 320)
+    texture = torch.rand(1, 1, 160, 320, generator=generator) * 0.4  # a grey texture over the top half
+    clean[..., :160, :] = (clean[..., :160, :] * 0.7 + texture).clamp(0, 1)
+    noisy = (clean + torch.randn(clean.shape, generator=generator) * sigma / 255).clamp(0, 1)
+    whole = float(np.mean(estimate_sigma(noisy[0].permute(1, 2, 0).numpy().astype(np.float64), channel_axis=-1))) * 255
+    assert whole > 1.4 * sigma  # the texture, read as noise
+    assert estimate_noise(noisy).sigma == pytest.approx(sigma, rel=0.1)
+
+
 def test_a_clean_image_has_little_noise_and_bad_shapes_are_refused():
     assert estimate_noise(smooth_image(64, 64)).sigma < 1.0
     with pytest.raises(ValueError, match=r"\[1, C, H, W\]"):
