@@ -12,6 +12,8 @@
 #   speed    fit_speed.py with its ablations (ABLATIONS picks them)         ~300 s
 #   stoprules  stop_rules.py: every stopping rule on the full-size denoising suite, 3000 iterations,
 #            replayed from recorded fits (STOP_IMAGES=F16,... picks images)   ~400 s
+#   paper    paper_tables.py: Set5 x4, the denoising suite, barbara at 50% (PAPER_SUITES picks,
+#            e.g. "set5-x4 barbara-50")                                     PAPER_LIMIT s (default 540)
 #   archive  archive.py: archive against denoise at full size, the paper's network, 3000 iterations
 #            (ARCHIVE_IMAGES=F16,... picks images; default three)                ~450 s
 # Results go to $OUT (default benchmarks/results), the log to $OUT/session.log.
@@ -38,6 +40,10 @@ $PY -c "import torch, sys; print('torch', torch.__version__, 'python', sys.versi
 step() { local limit=$1; shift; echo "=== $* (limit ${limit}s) $(date -u +%T)"; timeout "$limit" "$@"; echo "=== exit $? $(date -u +%T)"; }
 
 ES_LIMIT=${ES_LIMIT:-300}
+PAPER_LIMIT=${PAPER_LIMIT:-540}
+# The core's noise estimate falls back to scikit-image's estimate_sigma, which needs PyWavelets; the
+# H200 image lacks it (2026-12-04): carry its wheel (the device README's notes say how).
+$PY -c "import pywt" 2>/dev/null || echo "WARNING: PyWavelets is missing: noise estimates of small images will fail"
 for name in ${STEPS:-tests profile layers es pack speed}; do
     case $name in
         # conftest.py needs the S3 test server's client (botocore): the gpu tests need none of it.
@@ -53,9 +59,12 @@ for name in ${STEPS:-tests profile layers es pack speed}; do
         stoprules) step 420 $PY benchmarks/stop_rules.py --preset denoise --size 0 --iterations 3000 --device cuda \
                        ${STOP_IMAGES:+--images "$STOP_IMAGES"} \
                        --out "$OUT/stop_rules_denoise_full_$($PY -c 'import torch; print(torch.cuda.get_device_name().lower().replace(" ", "-"))').json" ;;
+        paper) step "$PAPER_LIMIT" $PY benchmarks/paper_tables.py --time-budget "$((PAPER_LIMIT - 20))" \
+                   $(for s in ${PAPER_SUITES:-}; do printf -- '--suite %s ' "$s"; done) \
+                   --out "$OUT/paper_tables_$($PY -c 'import torch; print(torch.cuda.get_device_name().lower().replace(" ", "-"))').json" ;;
         archive) step 480 $PY benchmarks/archive.py --parts fits --preset archive --size 0 --iterations 3000 \
                      --device cuda --workers 1 --images "${ARCHIVE_IMAGES:-F16,kodim03,peppers}" \
                      --out "$OUT/archive_archive_full_$($PY -c 'import torch; print(torch.cuda.get_device_name().lower().replace(" ", "-"))').json" ;;
-        *) echo "unknown step $name (expected tests, profile, profile-align, layers, es, pack, speed, stoprules, archive)"; exit 2 ;;
+        *) echo "unknown step $name (expected tests, profile, profile-align, layers, es, pack, speed, stoprules, paper, archive)"; exit 2 ;;
     esac
 done

@@ -8,7 +8,10 @@ on a GPU machine that has only torch (2.11 or later), numpy, Pillow and scikit-i
    (Pillow LANCZOS, as the authors did); scored by the paper's protocol (``psnr_y``: Y channel,
    4-pixel shave) with bicubic and the TV prior as baselines. Paper: DIP 29.90, bicubic 28.43, TV 28.86.
 2. denoise-color-25: the authors' nine noisy inputs against their ground truths (RGB PSNR).
-   Paper: DIP 30.43 (with the output moving average), CBM3D 31.42.
+   Paper: DIP 30.43 (with the output moving average), CBM3D 31.42. Beside ours, the authors'
+   published outputs (``<name>_deep_prior.png``) scored the same way (``psnr_authors``).
+3. barbara-50: ``samples/restoration/barbara.png`` (512x512 grey) with 50% of its pixels dropped
+   (``mask:bernoulli:0.5``, seed ``--seed``), the ``missing-pixels`` preset (11000 iterations).
 
 Images run in that order until ``--time-budget`` (default 9 minutes, all included) would be
 exceeded: an image whose estimated time (from the images done so far) does not fit is not
@@ -39,22 +42,26 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from pipeline.core.images import read  # noqa: E402  (after the sys.path insert: runs from a checkout)
+from pipeline.core.metrics import psnr  # noqa: E402  (after the sys.path insert: runs from a checkout)
 from pipeline.core.options import Options  # noqa: E402  (after the sys.path insert: runs from a checkout)
 from pipeline.core.restore import restore  # noqa: E402  (after the sys.path insert: runs from a checkout)
 from pipeline.core.synthetic import synthesize  # noqa: E402  (after the sys.path insert: runs from a checkout)
 from pipeline.evaluation.suites import DEFAULT_DATA, DENOISE_COLOR, PAPER, SET5  # noqa: E402  (after the sys.path insert: runs from a checkout)
 
-SUITES = ("set5-x4", "denoise-color-25")
+SUITES = ("set5-x4", "denoise-color-25", "barbara-50")
 # Which of our figures each paper figure is compared with (None: not something we compute).
 COMPARED = {
     "set5-x4": {"dip": "psnr_y", "bicubic": "psnr_y_baseline", "tv": "psnr_y_tv"},
     "denoise-color-25": {"dip": "psnr", "cbm3d": None},
+    "barbara-50": {},
 }
 PRESETS = {
     "set5-x4": dict(task="sr", scale=4, preset="sr-x4"),
     "denoise-color-25": dict(task="denoise", preset="denoise"),
+    "barbara-50": dict(task="inpaint", preset="missing-pixels"),
 }
-FIGURES = ("psnr", "psnr_y", "ssim", "psnr_input", "psnr_baseline", "psnr_y_baseline", "psnr_tv", "psnr_y_tv")
+FIGURES = ("psnr", "psnr_y", "ssim", "psnr_authors", "psnr_input", "psnr_baseline", "psnr_y_baseline", "psnr_tv",
+           "psnr_y_tv")
 
 
 def device_name(device: str) -> str:
@@ -74,6 +81,8 @@ def jobs(data: Path, suites: list[str], limit: int | None) -> list[tuple[str, st
         folder = data / "denoise_color_sigma25"
         found += [("denoise-color-25", n, folder / f"{n}_noisy.png", folder / f"{n}_GT.png")
                   for n in DENOISE_COLOR[:limit]]
+    if "barbara-50" in suites:
+        found.append(("barbara-50", "barbara", data / "samples" / "restoration" / "barbara.png", None))
     missing = [str(p) for _, _, *paths in found for p in paths if p is not None and not p.exists()]
     if missing:
         raise SystemExit(f"missing input files (is --data {data} laid out like ../shared/data?): {', '.join(missing)}")
@@ -83,16 +92,23 @@ def jobs(data: Path, suites: list[str], limit: int | None) -> list[tuple[str, st
 def run_one(suite: str, source: Path, reference: Path | None, args) -> dict:
     """Restore one image with the suite's paper preset; its figures (dB), sizes and timings."""
     clock = time.perf_counter()
+    mask, authors = None, None
     if suite == "set5-x4":
         synthetic = synthesize(read(source), "downsample:4", args.seed)  # LANCZOS; no randomness
         observed, clean = synthetic.observed, synthetic.reference
+    elif suite == "barbara-50":
+        synthetic = synthesize(read(source), "mask:bernoulli:0.5", args.seed)
+        observed, clean, mask = synthetic.observed, synthetic.reference, synthetic.mask
     else:
         observed, clean = read(source), read(reference)
+        published = source.with_name(source.name.replace("_noisy", "_deep_prior"))
+        if published.exists():
+            authors = round(psnr(read(published).pixels, clean.pixels), 3)
     options = Options(**PRESETS[suite], iterations=args.iterations, seed=args.seed, device=args.device,
-                      tv_baseline=args.tv and "tv" in PAPER[suite])  # where the paper has a TV figure
-    result = restore(observed, options, reference=clean)
+                      tv_baseline=args.tv and "tv" in PAPER.get(suite, {}))  # where the paper has a TV figure
+    result = restore(observed, options, mask=mask, reference=clean)
     return {
-        **{k: result.metrics.get(k) for k in FIGURES}, "preset": result.preset.name,
+        **{k: result.metrics.get(k) for k in FIGURES}, "psnr_authors": authors, "preset": result.preset.name,
         "width": clean.width, "height": clean.height, "iterations": result.fit.iterations,
         "best_iteration": result.fit.best_iteration, "backtracks": result.fit.backtracks,
         "fit_seconds": round(result.fit.seconds, 2), "seconds": round(time.perf_counter() - clock, 2),
@@ -108,7 +124,7 @@ def summarize(suite: str, images: list[dict], total: int) -> dict:
         if values and len(values) == len(images):
             means[key] = round(statistics.fmean(values), 3)
     versus = {}
-    for name, paper in PAPER[suite].items():
+    for name, paper in PAPER.get(suite, {}).items():
         ours = means.get(COMPARED[suite].get(name) or "")
         versus[name] = {"paper": paper, "ours": ours, "metric": COMPARED[suite].get(name),
                         "difference": None if ours is None else round(ours - paper, 3)}

@@ -146,16 +146,18 @@ def main() -> None:
         print(f"wrote {out}")
         return
     torch.set_num_threads(args.threads)
-    rows = [one(name, args) for name in args.images.split(",")]
-    result = {"preset": args.preset, "size": args.size, "iterations": args.iterations, "seed": args.seed,
-              "summary": summarise(rows, args.iterations), "rows": rows,
-              "machine": (torch.cuda.get_device_name() if args.device.startswith("cuda") else
-                          f"{platform.machine()}, {args.threads} torch thread(s) on the 2-core build machine"),
-              "torch": torch.__version__}
     tag = "" if not args.device.startswith("cuda") else "_" + torch.cuda.get_device_name().lower().replace(" ", "-")
-    size = args.size or "full"
-    out = Path(args.out or ROOT / "benchmarks" / "results" / f"stop_rules_{args.preset}_{size}{tag}.json")
-    out.write_text(json.dumps(result, indent=1) + "\n")
+    name = f"stop_rules_{args.preset}_{args.size or 'full'}{tag}.json"
+    out = Path(args.out or ROOT / "benchmarks" / "results" / name)
+    rows = []
+    for name in args.images.split(","):  # rewritten after every image: a run stopped at a time limit keeps its rows
+        rows.append(one(name, args))
+        result = {"preset": args.preset, "size": args.size, "iterations": args.iterations, "seed": args.seed,
+                  "summary": summarise(rows, args.iterations), "rows": rows,
+                  "machine": (torch.cuda.get_device_name() if args.device.startswith("cuda") else
+                              f"{platform.machine()}, {args.threads} torch thread(s) on the 2-core build machine"),
+                  "torch": torch.__version__}
+        out.write_text(json.dumps(result, indent=1) + "\n")
     for rule, figures in result["summary"].items():
         print(f"{rule:>18}: {figures}")
     print(f"wrote {out}")
