@@ -168,7 +168,7 @@ ADDED_LATER: dict[str, dict[str, object]] = {
     "EarlyStopConfig": {"rule": "wmv", "margin": 1.0},
     "FitConfig": {"tv_weight": 0.0, "average_last": 0},
     "Options": {"stop_rule": None, "defect_sensitivity": 1.0, "mask_mode": "combine", "restarts": 1,
-                "tv_weight": 0.0, "average_last": 0},
+                "tv_weight": 0.0, "average_last": 0, "warm_start": "none", "warm_weights": None},
 }
 
 

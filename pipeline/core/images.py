@@ -278,3 +278,11 @@ def _check_planes(x, what: str, channels: tuple[int, ...] | None, size: tuple | 
         raise ValueError(f"{what} must have shape [1, {wanted}, H, W], got {list(x.shape)}")
     if size is not None and tuple(x.shape[2:]) != size:
         raise ValueError(f"{what} is {list(x.shape[2:])} but the pixels are {list(size)} (H, W)")
+
+
+def resize_alpha(alpha: torch.Tensor | None, height: int, width: int) -> torch.Tensor | None:
+    """Alpha [1, 1, h, w] brought to the restored size (bicubic, clamped to [0, 1]; super-resolution)."""
+    if alpha is None or alpha.shape[-2:] == (height, width):
+        return alpha
+    return torch.nn.functional.interpolate(alpha, size=(height, width), mode="bicubic",
+                                           align_corners=False).clamp(0, 1)

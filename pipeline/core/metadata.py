@@ -13,7 +13,7 @@ Pixels are never converted between colour spaces, so the profile stays valid for
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from PIL import Image
 
@@ -119,3 +119,10 @@ def read_provenance(text: dict) -> dict | None:
     marker = PROVENANCE_KEY + " "
     lines = [line for line in (text.get("ImageDescription") or "").splitlines() if line.startswith(marker)]
     return json.loads(lines[-1][len(marker):]) if lines else None  # the newest, should there be several
+
+
+def scaled_dpi(metadata: Metadata, factor: float) -> Metadata:
+    """The metadata of an image ``factor`` times larger (super-resolution): the same print size."""
+    if factor == 1 or not metadata.dpi:
+        return metadata
+    return replace(metadata, dpi=(metadata.dpi[0] * factor, metadata.dpi[1] * factor))

@@ -25,9 +25,9 @@ from .baselines import degraded_input, tv_restore
 from .defects import detect_defects
 from .features import feature_extractor
 from .fit import FitResult, FitTimeout, Progress, fit
-from .images import Picture
+from .images import Picture, resize_alpha
 from .memory import choose_tile
-from .metadata import Metadata
+from .metadata import scaled_dpi
 from .metrics import score
 from .nets import build_net, grid_size, make_input
 from .noise import estimate_noise
@@ -35,6 +35,7 @@ from .operators import Denoise, FeatureInversion, Inpainting, JpegArtifacts, Ope
 from .options import Options
 from .presets import Preset
 from .tiles import TILE_OVERLAP_DIVISOR, blend_weights, tile_boxes
+from .warm import Start, collection_start, load_weights, serpentine, weights_of
 
 
 @dataclass
@@ -47,6 +48,7 @@ class Restoration:
     metrics: dict  # psnr, ssim, psnr_y (sr), psnr_input: dB / [0, 1]; None without a reference
     mask: Picture | None = None  # archive: the mask the fit used (white = kept, black = filled)
     restart_psnr: list | None = None  # restarts: each fit's PSNR, dB (None entries without a reference)
+    weights: dict | None = None  # the fitted network's weights (``restore(keep_weights=True)``; warm starts)
 
     def summary(self) -> dict:
         """Metrics and timings as plain JSON-able values."""
@@ -63,6 +65,7 @@ class Restoration:
             "seconds": round(self.fit.seconds, 3),
             "iterations_per_second": round(self.fit.iterations_per_second, 2),
             "stop_rule": self.preset.fit.early_stop.rule if self.preset.fit.early_stop else "fixed",
+            "warm_start": self.metrics.get("warm_start", "none"),
             "width": self.picture.width,
             "height": self.picture.height,
         }
@@ -76,11 +79,18 @@ def restore(
     reference: Picture | None = None,
     guide: Picture | None = None,
     progress: Progress | None = None,
+    start: Start | None = None,
+    keep_weights: bool = False,
 ) -> Restoration:
     """Restore ``observed`` with DIP. ``mask`` (inpaint, white = known), ``guide`` (flash: the
     flash image) and ``reference`` (the clean image, only for scoring) as the task needs.
     ``progress(done, total, entry)`` is called after every iteration (``pipeline.core.fit``), its
     counts over all the fits of the image (tiles, restarts).
+
+    Warm starts (``pipeline.core.warm``, ``options.warm_start``): ``start`` gives the weights a
+    one-piece fit starts from (collection: read from ``options.warm_weights`` when not given);
+    "neighbour" chains the tiles of a tiled fit.
+    ``keep_weights``: the Restoration carries the fitted network's weights.
 
     A fit whose memory estimate (``pipeline.core.memory``) exceeds the budget runs in overlapping
     tiles blended without seams (``restore_tiled``), the largest tile that fits; with
@@ -98,13 +108,17 @@ def restore(
         if options.task == "archive":
             tiled.mask, tiled.metrics["defect_fraction"] = mask, _masked_fraction(mask)
         return tiled
-    job = prepare(observed, options, mask=mask, reference=reference, guide=guide)
+    if start is None and options.warm_start == "collection":
+        start = collection_start(options, observed.channels)
+    job = prepare(observed, options, mask=mask, reference=reference, guide=guide, start=start)
     # 3. Fit.
     result = fit(job.net, job.z, job.operator, job.y, job.preset.fit, reference=job.reference, seed=options.seed,
                  device=options.device, time_limit_s=options.time_limit_s, noise_sigma=job.noise_floor,
                  progress=progress)
-    return finish(job, result)
-
+    restored = finish(job, result)
+    if keep_weights:
+        restored.weights = weights_of(job.net)
+    return restored
 
 
 def _part(progress: Progress | None, k: int, n: int) -> dict:
@@ -141,12 +155,13 @@ class Prepared:
     noise_sigma: float | None  # σ̂ of the observation, 0-255 units (None: the observation is no image)
     noise_floor: float  # the residual RMS the noise alone leaves, [0, 1] units (the discrepancy rule's; NaN: unknown)
     mask: Picture | None = None  # archive: the mask used
+    warm: bool = False  # the network started from given weights (a warm start), not its seed
 
 
 def prepare(observed: Picture, options: Options, *, mask: Picture | None = None, reference: Picture | None = None,
-            guide: Picture | None = None) -> Prepared:
-    """Steps 1-3 of ``restore``: the operator, the observation, the seeded input and network, the
-    noise level."""
+            guide: Picture | None = None, start: Start | None = None) -> Prepared:
+    """Steps 1-3 of ``restore``: the operator, the observation, the seeded input and network (or
+    the weights ``start`` gives, and the input of its seed), the noise level."""
     check_inputs(observed, options, mask=mask, guide=guide)
     preset = options.resolve()
     y = observed.pixels  # [1, C, h, w] in [0, 1]
@@ -167,18 +182,21 @@ def prepare(observed: Picture, options: Options, *, mask: Picture | None = None,
     if preset.input_kind == "image":
         z = _guide_input(guide, height, width, grid)
     else:
-        generator = torch.Generator().manual_seed(options.seed)
+        input_seed = options.seed if start is None or start.input_seed is None else start.input_seed
+        generator = torch.Generator().manual_seed(input_seed)
         z = make_input(preset.input_kind, preset.input_channels, *grid, generator)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(options.seed)
         net = build_net(replace(preset.net, in_channels=z.shape[1], out_channels=observed.channels))
+    if start is not None:
+        load_weights(net, start.weights)
     ref = _check_reference(reference, observed.channels, height, width)
 
     # 3. The noise level, estimated from the observation (no ground truth needed).
     noise_sigma = _noise_sigma(observed) if operator.observes_image else None
     floor = math.nan if noise_sigma is None else operator.noise_floor(noise_sigma / 255)  # NaN: unknown
     return Prepared(observed, options, preset, operator, y, z, net, ref, height, width, noise_sigma, floor,
-                    mask if options.task == "archive" else None)
+                    mask if options.task == "archive" else None, warm=start is not None)
 
 
 def finish(job: Prepared, result: FitResult) -> Restoration:
@@ -191,12 +209,12 @@ def finish(job: Prepared, result: FitResult) -> Restoration:
         if options.tv_baseline:
             baselines["tv"] = tv_restore(job.operator.cpu().float(), y.cpu().float(), noise_sigma=job.noise_sigma)
     metrics = {**score(options.task, result.image, ref, observed.pixels, baselines),
-               "noise_sigma": job.noise_sigma}
+               "noise_sigma": job.noise_sigma, "warm_start": options.warm_start if job.warm else "none"}
     if job.mask is not None:
         metrics["defect_fraction"] = _masked_fraction(job.mask)
-    picture = Picture(pixels=result.image, alpha=_resize_alpha(observed.alpha, job.height, job.width),
+    picture = Picture(pixels=result.image, alpha=resize_alpha(observed.alpha, job.height, job.width),
                       bit_depth=observed.bit_depth,
-                      metadata=_scaled_dpi(observed.metadata, job.height / observed.height))
+                      metadata=scaled_dpi(observed.metadata, job.height / observed.height))
     return Restoration(picture=picture, fit=result, preset=job.preset, metrics=metrics, mask=job.mask)
 
 
@@ -264,7 +282,8 @@ def restore_tiled(
 
     tile, overlap: in px of the observation. The observation, ``mask`` and ``guide`` are cut the
     same way; the restored image is ``scale`` times larger for super-resolution, and so are its
-    tiles and their overlap. Tile k is fitted with seed options.seed + k and no reference;
+    tiles and their overlap. Tile k is fitted with seed options.seed + k and no reference (with the
+    "neighbour" warm start in serpentine order, from the weights of the tile fitted before it);
     ``reference`` (clean, image-sized) scores the blended image once. options.time_limit_s bounds
     all tiles together. The FitResult sums seconds and backtracks, takes the largest iteration
     counts, is stopped_early when every tile was, and has no history; metrics["tiles"] = the count.
@@ -280,20 +299,30 @@ def restore_tiled(
     ref = _check_reference(reference, observed.channels, height, width)
     boxes = tile_boxes(observed.height, observed.width, tile, overlap)
 
-    # 2. Restore each tile, accumulating tile * weight and weight in image space.
+    # 2. Restore each tile, accumulating tile * weight and weight in image space. With the
+    #    neighbour warm start the tiles go in serpentine order, each from the last one's weights
+    #    and the first one's input.
     total = torch.zeros(1, observed.channels, height, width)  # (1, C, H, W)
     weight_sum = torch.zeros(1, 1, height, width)  # (1, 1, H, W)
     started, results = time.perf_counter(), []
-    for k, (top, left, h, w) in enumerate(boxes):
+    chained = options.warm_start == "neighbour"
+    order = serpentine(boxes) if chained else range(len(boxes))
+    start: Start | None = None
+    for done, k in enumerate(order):
+        top, left, h, w = boxes[k]
         tile_options = replace(options, seed=options.seed + k)
         if options.time_limit_s is not None:
             left_s = options.time_limit_s - (time.perf_counter() - started)
             if left_s <= 0:
                 raise FitTimeout(f"the tiled fit ran past its time limit of {options.time_limit_s:g} s "
-                                 f"after {k} of {len(boxes)} tiles")
+                                 f"after {done} of {len(boxes)} tiles")
             tile_options = replace(tile_options, time_limit_s=left_s)
+        warm = {"start": start, "keep_weights": True} if chained else {}
         result = restore_one(_crop(observed, top, left, h, w), tile_options, mask=_crop(mask, top, left, h, w),
-                         reference=None, guide=_crop(guide, top, left, h, w), **_part(progress, k, len(boxes)))
+                             reference=None, guide=_crop(guide, top, left, h, w), **warm,
+                             **_part(progress, done, len(boxes)))
+        if chained:
+            start = Start(result.weights, input_seed=options.seed + order[0])
         box = (top * s, left * s, h * s, w * s)
         pixels = result.picture.pixels
         if tuple(pixels.shape) != (1, observed.channels, h * s, w * s):
@@ -308,8 +337,9 @@ def restore_tiled(
     metrics = score(options.task, image, ref, observed.pixels, baselines={})
     metrics["noise_sigma"] = _noise_sigma(observed)
     metrics["tiles"] = len(boxes)
-    picture = Picture(pixels=image, alpha=_resize_alpha(observed.alpha, height, width), bit_depth=observed.bit_depth,
-                      metadata=_scaled_dpi(observed.metadata, s))
+    metrics["warm_start"] = options.warm_start if chained and len(boxes) > 1 else "none"
+    picture = Picture(pixels=image, alpha=resize_alpha(observed.alpha, height, width), bit_depth=observed.bit_depth,
+                      metadata=scaled_dpi(observed.metadata, s))
     return Restoration(picture=picture, fit=_summed([r.fit for r in results], image), preset=results[0].preset,
                        metrics=metrics)
 
@@ -398,20 +428,6 @@ def _noise_sigma(picture: Picture) -> float | None:
 def _masked_fraction(mask: Picture) -> float:
     """The share of pixels a mask (white = kept) leaves to fill."""
     return float((mask.pixels.mean(dim=1) <= 0.5).float().mean())
-
-
-def _scaled_dpi(metadata: Metadata, factor: float) -> Metadata:
-    """The metadata of an image ``factor`` times larger (super-resolution): the same print size."""
-    if factor == 1 or not metadata.dpi:
-        return metadata
-    return replace(metadata, dpi=(metadata.dpi[0] * factor, metadata.dpi[1] * factor))
-
-
-def _resize_alpha(alpha: Tensor | None, height: int, width: int) -> Tensor | None:
-    """Alpha [1, 1, h, w] brought to the restored size (bicubic, clamped to [0, 1]; super-resolution)."""
-    if alpha is None or alpha.shape[-2:] == (height, width):
-        return alpha
-    return F.interpolate(alpha, size=(height, width), mode="bicubic", align_corners=False).clamp(0, 1)
 
 
 def _guide_input(guide: Picture, height: int, width: int, grid: tuple[int, int]) -> Tensor:
