@@ -3,7 +3,8 @@
     python jobs/run_batch.py --manifest s3://bucket/manifest.parquet --output s3://bucket/out [dip run options]
 
 It attaches to the cluster through RAY_ADDRESS, which Ray sets for a job's driver, and exits
-with `dip run`'s code: 0 all ok, 1 some images failed, 2 the run could not start.
+with `dip run`'s code: 0 all ok, 1 some images failed, 2 the run could not start, 3 it broke off
+(the Ray head lost, say): rerun it to resume.
 """
 
 import sys

@@ -191,7 +191,11 @@ def list_files(url_or_glob: str, storage_options: dict | None = None, *, retry_s
 
     def listing() -> list[str]:
         fs.invalidate_cache()
-        return fs.glob(path) if any(ch in path for ch in "*?[") else fs.find(path)
+        if any(ch in path for ch in "*?["):
+            return fs.glob(path)
+        # Files only: some object stores (SeaweedFS) keep a prefix whose objects are all deleted as an
+        # empty folder, which a find of that prefix returns as an entry.
+        return [name for name, info in fs.find(path, detail=True).items() if info.get("type") != "directory"]
 
     for p in sorted(_retrying("list", url_or_glob, storage_options, retry_s, listing)):
         yield fs.unstrip_protocol(p) if not isinstance(fs, LocalFileSystem) else p
@@ -211,23 +215,29 @@ def list_dir(url: str, storage_options: dict | None = None, *, retry_s: float = 
     return sorted((e["name"] if local else fs.unstrip_protocol(e["name"]), e["type"] == "directory") for e in entries)
 
 
-def delete(urls: list[str], storage_options: dict | None = None, *, retry_s: float = RETRY_S) -> None:
+def delete(urls: list[str], storage_options: dict | None = None, *, retry_s: float = RETRY_S,
+           below: str | None = None) -> None:
     """Remove files (one batched request per 1,000 keys on S3); files already gone are no error. On a
-    local disk the folders this leaves empty go too, as an object store keeps no empty prefix."""
+    local disk the folders this leaves empty go too, as an object store keeps no empty prefix: their
+    own folders, and with ``below`` (a folder above them all) every emptied folder up to it, itself included."""
     if not urls:
         return
     fs, _ = filesystem(urls[0], storage_options)
     paths = [filesystem(u, storage_options)[1] for u in urls]
     local = isinstance(fs, LocalFileSystem)
+    stop = filesystem(below, storage_options)[1].rstrip("/") if below and local else None
 
     def remove() -> None:
         fs.invalidate_cache()
         present = [p for p in paths if fs.exists(p)] if local else paths
         if present:
             fs.rm(present)
-        for folder in sorted({os.path.dirname(p) for p in paths} if local else ()):
-            if os.path.isdir(folder) and not os.listdir(folder):
+        for folder in sorted({os.path.dirname(p) for p in paths} if local else (), key=len, reverse=True):
+            while os.path.isdir(folder) and not os.listdir(folder):  # the deepest first: parents empty after
                 os.rmdir(folder)
+                if stop is None or not folder.startswith(stop + "/"):
+                    break
+                folder = os.path.dirname(folder)
 
     _retrying("delete", urls[0], storage_options, retry_s, remove)
 

@@ -1,5 +1,6 @@
 """ray_cluster.yaml, checked offline: Ray's own schema and config checks, the pinned Ray version,
-GPU workers that scale to zero, a dashboard that is not on the network, token auth, no secrets."""
+GPU workers that scale to zero (spot first, on demand as the fallback), a dashboard that is not on
+the network, token auth, no secrets."""
 
 import json
 import re
@@ -44,6 +45,20 @@ def test_fits_run_on_gpu_workers_that_scale_to_zero(config):
     for node_type in gpu_types:
         assert node_type["min_workers"] == 0
         assert 0 < node_type["max_workers"] <= config["max_workers"]
+
+
+def test_spot_gpu_workers_come_first_and_on_demand_ones_are_the_fallback(config):
+    workers = {name: t for name, t in config["available_node_types"].items() if name != config["head_node_type"]}
+    spot = [t for t in workers.values() if t["node_config"].get("InstanceMarketOptions") == {"MarketType": "spot"}]
+    on_demand = [t for t in workers.values() if "InstanceMarketOptions" not in t["node_config"]]
+    assert len(spot) == 1 and len(on_demand) == 1 and len(workers) == 2
+    (spot,), (on_demand,) = spot, on_demand
+    assert spot["priority"] > on_demand["priority"]
+    assert spot["resources"] == on_demand["resources"]  # the same machine: a fit lands on either
+    for key in ("InstanceType", "ImageId", "BlockDeviceMappings"):
+        assert spot["node_config"][key] == on_demand["node_config"][key]
+    # Priorities, and turning to another type after a failed launch, are the autoscaler v2's.
+    assert "RAY_enable_autoscaler_v2=1" in " ".join(config["head_start_ray_commands"])
 
 
 def test_dashboard_is_local_only_and_token_auth_is_on(config):

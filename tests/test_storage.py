@@ -241,3 +241,24 @@ def test_delete_removes_files_and_the_local_folders_it_empties(tmp_path):
     storage.delete([str(tmp_path / n) for n in ("a/1.bin", "a/2.bin", "b/1.bin", "c/gone.bin")])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]  # a/ emptied and removed; b/ still holds a file
     assert [p.name for p in (tmp_path / "b").iterdir()] == ["keep.bin"]
+
+
+
+def test_delete_below_a_folder_removes_every_folder_it_empties_up_to_it(tmp_path):
+    for name in ("top/run/x/h/1.json", "top/run/y/h/1.json", "other/1.json"):
+        storage.write_bytes(str(tmp_path / name), b"x")
+    storage.delete([str(tmp_path / "top/run/x/h/1.json")], below=str(tmp_path / "top"))
+    assert [p.name for p in (tmp_path / "top/run").iterdir()] == ["y"]  # x/h/ and x/ went; run/ still holds y/
+    storage.delete([str(tmp_path / "top/run/y/h/1.json")], below=str(tmp_path / "top"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["other"]  # up to top/ itself, never above
+
+
+def test_a_listing_holds_files_only_where_a_store_keeps_emptied_prefixes(s3_server, s3_bucket):
+    options = s3_server.storage_options
+    urls = [f"{s3_bucket}/claims/r/a/h/{n}.json" for n in (1, 2)]
+    for url in urls:
+        storage.write_bytes(url, b"{}", options)
+    assert list(storage.list_files(f"{s3_bucket}/claims/r", options)) == urls
+    storage.delete(urls, options)  # SeaweedFS keeps claims/r/a/h as an empty folder
+    assert list(storage.list_files(f"{s3_bucket}/claims/r", options)) == []
+    assert list(storage.list_files(f"{s3_bucket}/claims/r/a/h", options)) == []

@@ -6,9 +6,17 @@ size) are fitted together by ``packed.restore_many``; if that pack fails, each o
 fitted alone, so a diverging image fails only its own row. A pack that runs out of time is not
 refitted: its images cost the same, so each would run out of time alone too.
 
+Before an image is read and fitted, the actor looks for the run's earlier claims of it and writes
+its own (``pipeline.batch.claims``). When Ray starts a batch again after its worker or node was lost,
+the images whose rows the lost actor stored are not fitted again (their stored rows stand); the
+others say how many times their fit was started (``fit_starts``), and an image whose worker died
+``max_fit_attempts`` times already is refused (a ``FitLost`` error row), so that a poison image that
+kills its node cannot loop forever.
+
 Result rows are buffered and written as shards (``results.ShardWriter``: every ``shard_rows`` rows
 or ``shard_seconds`` seconds, and when Ray Data ends the actor); each output row names the shard
-its result goes to, so that the driver can wait for the last ones.
+its result goes to and the Ray node it ran on, so that the driver can wait for the last ones (and
+knows which will never come: those of a node that is gone).
 """
 
 from __future__ import annotations
@@ -25,12 +33,13 @@ from typing import TYPE_CHECKING
 from .. import storage
 from ..core.formats import SUFFIX, batch_format
 from ..core.options import Options
-from . import manifest, results
+from . import claims, manifest, results
 
 if TYPE_CHECKING:
     from .inputs import Inputs
 
-OUT_COLUMNS = ("image_id", "status", "error", "psnr", "seconds", "device", "shard")
+OUT_COLUMNS = ("image_id", "status", "error", "psnr", "seconds", "device", "shard", "ray_node", "fit_starts")
+MAX_FIT_ATTEMPTS = 3  # starts of one image's fit per run, at most (each lost with its worker but the last)
 
 
 @dataclass
@@ -40,11 +49,13 @@ class _Item:
     row: dict  # the result row being built
     clock: float
     loaded: Inputs | None = None  # the row's pictures once read (and, for an evaluation, the truth)
+    warm: object | None = None  # a collection's warm start (``pipeline.core.warm.Start``)
+    recorded: dict | None = None  # its output row, stored by an earlier start of this run: not fitted again
 
     @property
     def inputs(self) -> dict:
         """``restore``'s keyword arguments."""
-        return self.loaded.restore_kwargs()
+        return {**self.loaded.restore_kwargs(), **({"start": self.warm} if self.warm is not None else {})}
 
 
 class FitActor:
@@ -52,12 +63,15 @@ class FitActor:
 
     def __init__(self, output: str, run_id: str, storage_options: dict, max_pixels: int, threads: int,
                  output_format: str = "same", shard_rows: int = results.SHARD_ROWS,
-                 shard_seconds: float = results.SHARD_SECONDS):
+                 shard_seconds: float = results.SHARD_SECONDS, max_fit_attempts: int = MAX_FIT_ATTEMPTS):
         import torch
 
         torch.set_num_threads(max(1, threads))
         self.output, self.run_id, self.output_format = output, run_id, output_format
-        self.storage_options, self.max_pixels = storage_options, max_pixels
+        self.storage_options, self.max_pixels, self.max_fit_attempts = storage_options, max_pixels, max_fit_attempts
+        self.node = _node_id()
+        self.earlier_rows: dict[str, dict] = {}  # per earlier writer of this run: the rows it stored
+        self.warm_files: dict[str, bytes] = {}  # collections' warm-start weights, by URL
         self.shards = results.ShardWriter(output, run_id, storage_options, rows=shard_rows, seconds=shard_seconds)
         # Also at the worker's exit: __del__ does not run while a reference cycle holds the actor
         # (seen: a run's last rows never written, the driver waiting for their shard).
@@ -76,7 +90,11 @@ class FitActor:
         groups: dict = {}
         for item in items:
             try:
+                self.claim(item)
+                if item.recorded:
+                    continue
                 item.loaded = self.load(item)
+                item.warm = self.warm_start(item)
                 key = pack_key(item.loaded.observed, item.options)
             except Exception as error:  # noqa: BLE001  (a bad image is an error row)
                 self.write(item, error=error)
@@ -94,8 +112,54 @@ class FitActor:
         options = replace(job.options, device=resolve_device(job.options.device))
         row = {"image_id": job.image_id, "uri": job.uri, "task": options.task, "status": "error",
                "attempt": int(planned["attempt"]), "config_hash": job.config_hash, "seed": options.seed,
-               "run_id": self.run_id, "started_at": utc_now(), "device": options.device}
+               "run_id": self.run_id, "started_at": utc_now(), "device": options.device, "ray_node": self.node,
+               "fit_starts": 0}
         return _Item(job, options, row, time.perf_counter())
+
+    def claim(self, item: _Item) -> None:
+        """Before anything is read: an earlier start of this run whose row its writer stored (a batch
+        started again after its worker died) makes this one needless (``item.recorded``); the other
+        earlier starts were lost with their worker: ``FitLost`` once they reach ``max_fit_attempts``,
+        else this start is claimed."""
+        job, row = item.job, item.row
+        writers = claims.earlier(self.output, self.run_id, job.image_id, job.config_hash, self.storage_options)
+        for writer in dict.fromkeys(writers):
+            item.recorded = self.stored(writer).get((job.image_id, job.config_hash))
+            if item.recorded:
+                return
+        row["fit_starts"] = len(writers)
+        claims.check(job.image_id, len(writers), self.max_fit_attempts)
+        claims.claim(self.output, self.run_id, job.image_id, job.config_hash, self.storage_options,
+                     writer=self.shards.writer_id, node=self.node, started_at=row["started_at"].isoformat())
+        row["fit_starts"] += 1
+
+    def stored(self, writer: str) -> dict:
+        """The output rows an earlier writer of this run stored, by (image_id, config_hash); read once."""
+        if writer not in self.earlier_rows:
+            columns = [c for c in OUT_COLUMNS if c != "shard"] + ["config_hash"]
+            self.earlier_rows[writer] = results.writer_rows(self.output, self.run_id, writer, columns,
+                                                            self.storage_options)
+        return self.earlier_rows[writer]
+
+    def warm_start(self, item: _Item):
+        """A "collection" row's start: the weights the run learned for its collection
+        (``warm_weights``: relative to the output, as the plan names them, or a URL), for its
+        channel count; read once per file."""
+        from ..core.warm import load_initial
+
+        options = item.options
+        if options.warm_start != "collection":
+            return None
+        url = options.warm_weights
+        if "://" not in url and not url.startswith("/"):
+            url = storage.join(self.output, url)
+        if url not in self.warm_files:
+            if not storage.exists(url, self.storage_options):
+                raise ValueError(f"no warm-start weights at {url}: the run learns a collection's before its fits "
+                                 "(see its Ray log for why they are missing)")
+            self.warm_files[url] = storage.read_bytes(url, self.storage_options)
+        return load_initial(self.warm_files[url], preset=options.resolve().name,
+                            channels=item.loaded.observed.channels, name=f"warm-start weights {url}")
 
     def load(self, item: _Item) -> Inputs:
         """The images of one row, decoded (and degraded, for evaluations), as ``restore`` takes them."""
@@ -159,7 +223,8 @@ class FitActor:
                 row.update(item.loaded.truth_scores(restored.mask))
                 summary = restored.summary()
                 row.update({k: summary[k] for k in (*restored.metrics, "iterations", "best_iteration",
-                                                    "stopped_early", "backtracks", "seconds", "stop_rule")})
+                                                    "stopped_early", "backtracks", "seconds", "stop_rule",
+                                                    "warm_start")})
                 row.update(status="ok", output_uri=url, history=json.dumps(restored.fit.history), packed=packed)
             except Exception as failure:  # noqa: BLE001  (a failed write is an error row, not a lost batch)
                 error = failure
@@ -172,10 +237,12 @@ class FitActor:
 
     @staticmethod
     def out_row(item: _Item) -> dict:
+        if item.recorded:
+            return {name: item.recorded[name] for name in OUT_COLUMNS}
         row = item.row
         return {"image_id": row["image_id"], "status": row["status"], "error": row.get("error"),
                 "psnr": row.get("psnr"), "seconds": float(row["seconds"]), "device": row["device"],
-                "shard": row["shard"]}
+                "shard": row["shard"], "ray_node": row["ray_node"], "fit_starts": row["fit_starts"]}
 
 
 def _encode(restored, fmt: str, item: _Item) -> bytes:
@@ -194,6 +261,13 @@ def _describe(error: BaseException) -> str:
     if os.environ.get("DIP_DEBUG"):
         text += " | " + "".join(traceback.format_exception(error)).replace("\n", " ")
     return text[:2000]
+
+
+def _node_id() -> str | None:
+    """The Ray node this actor runs on (hex), None outside Ray."""
+    import ray
+
+    return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
 
 
 def plain_value(value):

@@ -35,6 +35,7 @@ COLUMNS = {
     "psnr": pa.float64(), "ssim": pa.float64(), "psnr_y": pa.float64(),
     "psnr_input": pa.float64(), "psnr_baseline": pa.float64(), "psnr_y_baseline": pa.float64(),
     "psnr_tv": pa.float64(), "psnr_y_tv": pa.float64(), "noise_sigma": pa.float64(), "stop_rule": pa.string(),
+    "warm_start": pa.string(),  # none, neighbour (tiles), collection: where the fit started (pipeline.core.warm)
     # archive: the share of pixels filled as defects, the mask written, and (evaluations) the truth
     "defect_fraction": pa.float64(), "mask_output_uri": pa.string(), "noise_sigma_true": pa.float64(),
     "degraded_uri": pa.string(),  # evaluations: the degraded image the fit saw, degraded/<image_id>.png
@@ -42,6 +43,8 @@ COLUMNS = {
     "iterations": pa.int64(), "best_iteration": pa.int64(), "stopped_early": pa.bool_(),
     "backtracks": pa.int64(), "seconds": pa.float64(), "device": pa.string(), "packed": pa.int64(), "tiles": pa.int64(),
     "restarts": pa.int64(), "attempt": pa.int64(),
+    "ray_node": pa.string(),  # the Ray node (its id) the fit ran on
+    "fit_starts": pa.int64(),  # times this run started the image's fit (more than 1: a worker or node was lost)
     "config_hash": pa.string(), "seed": pa.int64(), "run_id": pa.string(),
     "started_at": pa.timestamp("us", tz="UTC"), "finished_at": pa.timestamp("us", tz="UTC"),
     "history": pa.string(),  # JSON list of {iteration, loss, psnr_observation, psnr_reference, seconds}
@@ -107,6 +110,19 @@ class ShardWriter:
             return
         storage.write_bytes(self.key(self.sequence), table_bytes(rows_table(self.buffer)), self.storage_options)
         self.sequence, self.buffer, self.oldest, self.written = self.sequence + 1, [], None, self.written + 1
+
+
+def writer_rows(output: str, run_id: str, writer_id: str, columns, storage_options: dict | None = None) -> dict:
+    """The rows one writer of a run stored (its shards, ``shard-<run_id>-<writer_id>-*``), by (image_id,
+    config_hash): ``columns`` (names of ``COLUMNS``) and ``shard``, the URL of the shard holding the row.
+    What a lost actor recorded before it died, for the actor that takes over its batch."""
+    columns = list(dict.fromkeys(["image_id", "config_hash", *columns]))
+    rows = {}
+    for url in storage.list_files(storage.join(output, "results", f"shard-{run_id}-{writer_id}-*.parquet"),
+                                  storage_options):
+        table = pq.read_table(pa.BufferReader(storage.read_bytes(url, storage_options)), columns=columns)
+        rows.update(((row["image_id"], row["config_hash"]), {**row, "shard": url}) for row in table.to_pylist())
+    return rows
 
 
 @dataclass

@@ -96,11 +96,19 @@ def batch_options(exclude: Iterable[str] = ()) -> Callable:
             help="GPU share per fit (1, 0.5, 0.25; 0 = CPU). Default: 1 on a cluster with GPUs, else 0."),
         "cpus_per_fit": click.option("--cpus-per-fit", type=click.IntRange(1), default=1, show_default=True,
                                      help="CPUs (and torch threads) per fit."),
+        "resources_per_fit": click.option(
+            "--resources-per-fit", help='Custom Ray resources each fit needs, as JSON: \'{"fit_slot": 1}\' runs '
+            "fits only on the nodes started with that resource (the workers, never the head)."),
         "pack": click.option("--pack", type=click.IntRange(1, 64), default=1, show_default=True,
                              help="Images per batch; same-size images of a batch are fitted together as one "
                                   "batched computation (saturates a GPU with small images)."),
         "max_workers": click.option("--workers", "max_workers", type=click.IntRange(1), help="Fits at once, at most."),
         "force": click.option("--force", is_flag=True, help="Redo images that already have an ok result."),
+        "max_fit_attempts": click.option(
+            "--max-fit-attempts", type=click.IntRange(1), default=3, show_default=True,
+            help="Starts of one image's fit in a run, at most: a fit whose worker or node is lost (a spot instance "
+                 "preempted) is started again on another; an image whose worker died this many times (a poison "
+                 "image) gets an error row instead."),
         "strict": click.option("--strict", is_flag=True, help="Refuse a manifest with a column that looks like a "
                                "misspelt known one (tsak, mask-uri, Task); default: a warning."),
         "max_pixels": max_pixels_option,

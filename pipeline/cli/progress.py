@@ -49,6 +49,11 @@ class RunProgress:
         rate = f"{task.completed / task.elapsed * 3600:.0f} img/h" if task.elapsed else ""
         self.progress.update(self.task, errors=self.errors, rate=rate)
 
+    def retract(self, count: int) -> None:
+        """``count`` results went with a lost node (their shards never came): off the bar, fitted again."""
+        self.progress.advance(self.task, -count)
+        self.console.print(f"{count} result(s) were lost with their node; fitting them again", highlight=False)
+
     def print_summary(self, summary) -> None:
         rows = sorted(summary.rows, key=lambda r: (r["status"] == "ok", r["image_id"]))
         table = Table(title=f"run {summary.run_id}")
@@ -65,5 +70,8 @@ class RunProgress:
         shown = min(len(rows), SUMMARY_ROWS)
         if summary.ok + summary.failed > shown:
             out.print(f"... {summary.ok + summary.failed - shown} more images (see the results table)")
+        retried = f"; fits retried: {summary.retried} (a worker or node lost)" if summary.retried else ""
         out.print(f"{summary.ok} ok, {summary.failed} failed, {summary.skipped} skipped (already done), "
-                  f"{summary.total} in the manifest; {summary.seconds:.1f} s")
+                  f"{summary.total} in the manifest; {summary.seconds:.1f} s{retried}")
+        if summary.unrecorded:
+            out.print(f"{summary.unrecorded} results were lost with their node: rerun the same command to fit them")

@@ -1,11 +1,13 @@
 """Ray's own output kept off the terminal: ``dip run`` and ``dip evaluate`` print their progress
 bar and summary, and Ray's (and Ray Data's) log lines go to a file the run names.
 
-Ray writes in two ways: Python loggers (``ray``, ``ray.data``: the token notice, "Started a local
-Ray instance", Ray Data's plan and progress lines) and its C++ core worker, straight to file
-descriptor 2 (``E ... core_worker.cc`` lines). ``ray_output_to`` sends both to the log file while the
-run lasts (descriptor 2 only where stderr is a real file descriptor, not under a test runner's
-capture) and hands the terminal to the caller's console through a duplicate of the original stderr.
+Ray writes in three ways: Python loggers (``ray``, ``ray.data``: the token notice, "Started a local
+Ray instance", Ray Data's plan and progress lines), its C++ core worker, straight to file
+descriptor 2 (``E ... core_worker.cc`` lines), and the cluster's error messages, printed to
+``sys.stdout`` (``(raylet) Task ... failed``, "node ... marked dead" when a node is lost).
+``ray_output_to`` sends all three to the log file while the run lasts (descriptor 2 only where stderr
+is a real file descriptor, not under a test runner's capture) and hands the terminal to the caller's
+console through a duplicate of the original stderr.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ def ray_output_to(path: Path) -> Iterator[object]:
         saved[name] = (logger.handlers[:], logger.propagate)
         logger.handlers = [handler]
         logger.propagate = False
-    terminal, saved_fd = sys.stderr, None
+    terminal, saved_fd, stdout = sys.stderr, None, sys.stdout
     try:
         fd = sys.stderr.fileno()
     except (AttributeError, OSError, ValueError):  # a test runner's captured stream: loggers only
@@ -53,8 +55,10 @@ def ray_output_to(path: Path) -> Iterator[object]:
             saved_fd = os.dup(fd)
             terminal = os.fdopen(os.dup(saved_fd), "w", buffering=1)
             os.dup2(log.fileno(), fd)
+        sys.stdout = log
         yield terminal
     finally:
+        sys.stdout = stdout
         if saved_fd is not None:
             with contextlib.suppress(OSError, ValueError):
                 sys.stderr.flush()

@@ -39,7 +39,8 @@ def run_config(values: dict):
     values = dict(values)
     defaults = Options.from_dict({name: values.pop(name) for name in OPTION_NAMES if name in values})
     storage_options = parse_json_object(values.pop("storage_options", "{}"), "--storage-options")
-    return RunConfig(defaults=defaults, storage_options=storage_options, **values)
+    resources = parse_json_object(values.pop("resources_per_fit", None) or "{}", "--resources-per-fit")
+    return RunConfig(defaults=defaults, storage_options=storage_options, resources_per_fit=resources, **values)
 
 
 def run_batch(values: dict, address: str | None, num_cpus: int | None = None, quiet: bool = False,
@@ -63,15 +64,17 @@ def run_batch(values: dict, address: str | None, num_cpus: int | None = None, qu
         log = None if verbose else log_path(config.output, config.run_id)
         with (contextlib.nullcontext(sys.stderr) if log is None else ray_output_to(log)) as terminal, \
                 RunProgress(quiet=quiet, file=terminal) as progress:
-            summary = run(config, on_result=progress.advance, on_plan=progress.start,
+            summary = run(config, on_result=progress.advance, on_plan=progress.start, on_lost=progress.retract,
                           connect=lambda: started.append(start_ray(address, num_cpus)))
-            if started and started[0]:  # the local Ray this command started, stopped while its output is logged
+            if started and started[0]:  # the local Ray this command started (stopped) or the cluster it attached
+                # to (left), while Ray's output is still logged: Ray prints the cluster's messages until then
                 import ray
 
                 ray.shutdown()
     except Exception as error:  # noqa: BLE001  (any failure: an exit code and one line, never a traceback)
         if progress is not None and progress.task is not None:  # fits had begun: rerun to resume
-            click.echo(f"dip run: the run broke off: {type(error).__name__}: {error}", err=True)
+            click.echo(f"dip run: the run broke off: {type(error).__name__}: {error}; rerun the same command to "
+                       "resume", err=True)
             if started and log is not None:
                 click.echo(f"Ray's log: {log}", err=True)
             return EXIT_BROKE_OFF
@@ -82,6 +85,8 @@ def run_batch(values: dict, address: str | None, num_cpus: int | None = None, qu
     progress.print_summary(summary)
     if started and log is not None and not quiet:
         click.echo(f"Ray's log: {log}", err=True)
+    if summary.unrecorded:  # rows a lost node took with it, after every pass: the run is not complete
+        return EXIT_BROKE_OFF
     return EXIT_OK if summary.failed == 0 else EXIT_IMAGES_FAILED
 
 

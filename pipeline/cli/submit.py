@@ -20,7 +20,15 @@ from pathlib import Path
 import click
 
 from .jobs_api import TOKEN_HINT, JobsAPI
-from .options import EXIT_IMAGES_FAILED, EXIT_NOT_STARTED, EXIT_OK, batch_options, dashboard_option, parse_json_object
+from .options import (
+    EXIT_BROKE_OFF,
+    EXIT_IMAGES_FAILED,
+    EXIT_NOT_STARTED,
+    EXIT_OK,
+    batch_options,
+    dashboard_option,
+    parse_json_object,
+)
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 SECRET_NAMES = ("key", "secret", "token", "password", "credential", "session")
@@ -144,4 +152,7 @@ def _follow(api: JobsAPI, job_id: str) -> int:
     if state == "SUCCEEDED":
         return EXIT_OK
     message = (api.info(job_id) or {}).get("message") or ""
-    return EXIT_IMAGES_FAILED if f"exit code {EXIT_IMAGES_FAILED}" in message else EXIT_NOT_STARTED
+    for code in (EXIT_IMAGES_FAILED, EXIT_BROKE_OFF):
+        if f"exit code {code}" in message:
+            return code
+    return EXIT_NOT_STARTED

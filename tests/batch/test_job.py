@@ -73,7 +73,8 @@ def test_run_writes_images_rows_record_and_marker_and_resumes(ray_local, tmp_pat
     for column in ("config_hash", "seed", "run_id", "started_at", "finished_at", "device", "seconds"):
         assert all(row[column] is not None for row in table), column
     record = json.loads(next((tmp_path / "out" / "runs").glob("*.json")).read_text())
-    assert record["counts"] == {"total": 3, "skipped": 0, "ok": 2, "failed": 1, "unrecorded": 0}
+    assert record["counts"] == {"total": 3, "skipped": 0, "ok": 2, "failed": 1, "unrecorded": 0, "retried": 0,
+                                "passes": 1}
     assert (tmp_path / "out" / "_SUCCESS").exists()
     assert [Path(u).name.split("-")[0] for u in result_files(output)] == ["compacted"]  # the run's shards, folded
 
