@@ -23,10 +23,6 @@ def noisy_picture(h=32, w=32, sigma=20, seed=0):
     return Picture(pixels=(clean + noise).clamp(0, 1)), Picture(pixels=clean)
 
 
-def first_reaching(history, level):
-    return next((e["iteration"] for e in history if e["psnr_reference"] >= level), None)
-
-
 @pytest.mark.parametrize("size", [(192, 192, 64), (100, 250, 48), (64, 64, 64)])
 def test_serpentine_visits_every_tile_once_each_next_to_the_last(size):
     h, w, tile = size
@@ -55,16 +51,19 @@ def test_weights_round_trip_into_a_fresh_network_and_padded_convolutions_are_cut
         load_weights(prepare(observed, Options(task="denoise")).net, cut_back)  # the paper's net
 
 
-def test_a_fit_started_from_a_fitted_network_reaches_quality_sooner():
+def test_a_fit_started_from_a_fitted_network_starts_where_that_fit_stopped():
     observed, clean = noisy_picture()
     options = Options(task="denoise", preset=CPU_SMALL, iterations=300, early_stop=False)  # history every 50
     cold = restore(observed, options, reference=clean, keep_weights=True)
-    level = max(e["psnr_reference"] for e in cold.fit.history) - 0.5
     warm = restore(observed, replace(options, seed=1), reference=clean, start=Start(cold.weights, input_seed=0))
-    assert first_reaching(warm.fit.history, level) < first_reaching(cold.fit.history, level)
+    cold_first, cold_last = cold.fit.history[0]["psnr_reference"], cold.fit.history[-1]["psnr_reference"]
+    warm_first = warm.fit.history[0]["psnr_reference"]
+    assert warm_first > cold_first + 5 and warm_first > cold_last - 1.5
+    # (it does not get on to a better image sooner: benchmarks/iterations_to_quality.py measured warm
+    # starts slower to quality than cold ones, so only the mechanism is asserted here)
     # the fitted weights belong with their input: from another input they start as far as a cold fit
     other = restore(observed, replace(options, seed=1), reference=clean, start=Start(cold.weights))
-    assert other.fit.history[0]["psnr_reference"] < warm.fit.history[0]["psnr_reference"] - 5
+    assert other.fit.history[0]["psnr_reference"] < warm_first - 5
 
 
 def test_neighbour_tiles_are_chained_in_serpentine_order():
