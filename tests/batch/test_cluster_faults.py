@@ -160,16 +160,20 @@ def report(test: str, images: int, run: dict, rows: list[dict], seconds: float) 
           f"{len(rows)} rows ({counts['ok']} ok, {counts['failed']} failed), {seconds:.1f} s")
 
 
-def busy_fit(output: str, run_id: str, options: dict, nodes: dict[str, object]):
-    """A fit in progress on one of ``nodes`` (id -> node), once fits run on two nodes: the node, or None."""
+def node_where(output: str, run_id: str, options: dict, nodes: dict[str, object], test) -> object | None:
+    """Once fits run on two nodes, a node of ``nodes`` (id -> node) with a claimed image that
+    ``test(restored names)`` (a predicate on an image id, made after the restored images are listed)
+    holds for: the node, or None."""
     started = claims.read(output, run_id, options)
     if len({c["node"] for c in started}) < 2:
         return None
-    done = names(output, "restored", options)
-    for claim in started:
-        if claim["node"] in nodes and f"{claim['image_id']}.png" not in done:
-            return nodes[claim["node"]]
-    return None
+    holds = test(names(output, "restored", options))
+    return next((nodes[c["node"]] for c in started if c["node"] in nodes and holds(c["image_id"])), None)
+
+
+def busy_fit(output: str, run_id: str, options: dict, nodes: dict[str, object]):
+    """A node of ``nodes`` with a fit in progress (claimed, not yet restored), or None."""
+    return node_where(output, run_id, options, nodes, lambda done: lambda image: f"{image}.png" not in done)
 
 
 def test_a_worker_node_lost_mid_fit_the_run_completes_on_the_other(clusters, options, s3_bucket):
@@ -217,16 +221,12 @@ def test_a_worker_node_joining_mid_run_takes_fits_from_the_queue(clusters, optio
 
 def buffered_row(output: str, run_id: str, options: dict, nodes: dict[str, object]):
     """A node of ``nodes`` holding a result row not yet in a stored shard (its image is restored, its
-    row is not in the results), once fits run on two nodes: the node, or None."""
-    started = claims.read(output, run_id, options)
-    if len({c["node"] for c in started}) < 2:
-        return None
-    done = names(output, "restored", options)
-    recorded = {r["image_id"] for r in rows_of(output, options)} if names(output, "results", options) else set()
-    for claim in started:
-        if claim["node"] in nodes and f"{claim['image_id']}.png" in done and claim["image_id"] not in recorded:
-            return nodes[claim["node"]]
-    return None
+    row is not in the results), or None."""
+    def test(done):  # the rows are read after the restored images are listed: a row written between counts
+        recorded = {r["image_id"] for r in rows_of(output, options)} if names(output, "results", options) else set()
+        return lambda image: f"{image}.png" in done and image not in recorded
+
+    return node_where(output, run_id, options, nodes, test)
 
 
 def test_a_worker_node_lost_with_rows_not_yet_written_loses_no_row(clusters, options, s3_bucket):
