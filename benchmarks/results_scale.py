@@ -9,11 +9,13 @@ For each size N and storage (a local folder; with ``--s3`` also a SeaweedFS S3 s
    (``results.done_index``), the rerun's plan (90% done), and ``dip report``.
 4. Storage requests per image of the real write path: the fit actor (``FitActor``, no Ray) on a
    plan of small images with 1-iteration fits, counting the calls of ``pipeline.storage`` (one
-   ``write_bytes`` is one PUT for objects under s3fs's 5 MiB block).
+   ``write_bytes`` is one PUT for objects under s3fs's 5 MiB block; a ``delete`` call is one batched
+   request per 1,000 keys on S3), the fit claims and their removal at the run's end included.
 
     python benchmarks/results_scale.py [--rows 10000,100000,1000000] [--s3] [--actor-images 3000]
+    python benchmarks/results_scale.py --rows '' --out benchmarks/results/results_scale_requests.json
 
-Writes benchmarks/results/results_scale.json. Nothing else may run meanwhile (timings).
+Writes benchmarks/results/results_scale.json (or ``--out``). Nothing else may run meanwhile (timings).
 """
 
 from __future__ import annotations
@@ -137,6 +139,7 @@ def actor_requests(folder: Path, images: int) -> dict:
     import numpy as np
     from PIL import Image
 
+    from pipeline.batch import claims
     from pipeline.batch.actor import FitActor
     from pipeline.batch.compact import compact
     from pipeline.batch.job import RunConfig, write_plan
@@ -155,8 +158,9 @@ def actor_requests(folder: Path, images: int) -> dict:
     config = RunConfig(manifest=str(folder / "manifest.parquet"), output=str(folder / "out"),
                        defaults=Options(preset="cpu-small", iterations=1, device="cpu"))
     plan, _ = write_plan(config, "actor")
-    counts = {"write_bytes": 0, "read_bytes": 0, "list": 0}
-    originals = {name: getattr(storage, name) for name in ("write_bytes", "read_bytes", "list_dir", "list_files")}
+    counts = {"write_bytes": 0, "read_bytes": 0, "list": 0, "delete": 0}
+    originals = {name: getattr(storage, name)
+                 for name in ("write_bytes", "read_bytes", "list_dir", "list_files", "delete")}
 
     def counting(name, key):
         def call(*args, **kwargs):
@@ -165,7 +169,7 @@ def actor_requests(folder: Path, images: int) -> dict:
         return call
 
     for name, key in (("write_bytes", "write_bytes"), ("read_bytes", "read_bytes"), ("list_dir", "list"),
-                      ("list_files", "list")):
+                      ("list_files", "list"), ("delete", "delete")):
         setattr(storage, name, counting(name, key))
     try:
         actor = FitActor(config.output, "actor", {}, max_pixels=10**6, threads=1)
@@ -174,6 +178,7 @@ def actor_requests(folder: Path, images: int) -> dict:
             actor(table.slice(start, 64).to_pydict())
         actor.shards.flush()
         shards = actor.shards.written
+        claims.remove(config.output, "actor")  # as the run's end does
         compact(config.output)
     finally:
         for name, original in originals.items():
@@ -185,7 +190,8 @@ def actor_requests(folder: Path, images: int) -> dict:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", default="10000,100000,1000000")
+    parser.add_argument("--rows", default="10000,100000,1000000", help="Manifest sizes; '' for none (only the "
+                        "actor's storage requests).")
     parser.add_argument("--s3", action="store_true", help="Also on a SeaweedFS server (needs the test extra).")
     parser.add_argument("--s3-rows", default=None, help="Sizes on S3 (default: --rows).")
     parser.add_argument("--actor-images", type=int, default=3000)
@@ -197,7 +203,7 @@ def main():
         if args.actor_images:
             report["actor_requests"] = actor_requests(Path(tmp) / "actor", args.actor_images)
             print(json.dumps(report["actor_requests"]), flush=True)
-        for rows in map(int, args.rows.split(",")):
+        for rows in [int(r) for r in args.rows.split(",") if r]:
             report["local"].append(scale(f"{tmp}/local-{rows}", rows, None))
         if args.s3:
             sys.path.insert(0, str(ROOT / "tests"))
@@ -208,7 +214,7 @@ def main():
             server.start()
             try:
                 storage.filesystem("s3://bench", server.storage_options)[0].mkdir("bench")
-                for rows in map(int, (args.s3_rows or args.rows).split(",")):
+                for rows in [int(r) for r in (args.s3_rows or args.rows).split(",") if r]:
                     report["s3"].append(scale(f"s3://bench/s3-{rows}", rows, server.storage_options))
             finally:
                 server.stop()
