@@ -54,8 +54,8 @@ from pipeline.core.images import Picture, read  # noqa: E402
 from pipeline.core.metrics import mask_scores, psnr, ssim  # noqa: E402
 from pipeline.core.noise import estimate_noise  # noqa: E402
 from pipeline.core.options import Options  # noqa: E402
+from pipeline.core.prepare import prepare  # noqa: E402
 from pipeline.core.presets import DISCREPANCY_MARGIN  # noqa: E402
-from pipeline.core.restore import prepare  # noqa: E402
 from pipeline.core.synthetic import synthesize  # noqa: E402
 from pipeline.evaluation.suites import ARCHIVE_SIGMAS, DEFAULT_DATA, DENOISE_COLOR  # noqa: E402
 

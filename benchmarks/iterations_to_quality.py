@@ -51,8 +51,8 @@ from pipeline.core.fit import fit  # noqa: E402
 from pipeline.core.images import Picture, read  # noqa: E402
 from pipeline.core.metrics import psnr  # noqa: E402
 from pipeline.core.options import Options  # noqa: E402
+from pipeline.core.prepare import prepare  # noqa: E402
 from pipeline.core.presets import DISCREPANCY_MARGIN  # noqa: E402
-from pipeline.core.restore import prepare  # noqa: E402
 from pipeline.core.tiles import TILE_OVERLAP_DIVISOR, blend_weights, tile_boxes  # noqa: E402
 from pipeline.core.warm import Start, serpentine, weights_of  # noqa: E402
 from pipeline.evaluation.suites import DEFAULT_DATA, DENOISE_COLOR  # noqa: E402

@@ -42,7 +42,8 @@ from pipeline.core.images import Picture, read  # noqa: E402
 from pipeline.core.metrics import psnr, ssim  # noqa: E402
 from pipeline.core.noise import estimate_noise  # noqa: E402
 from pipeline.core.options import Options  # noqa: E402
-from pipeline.core.restore import build_operator, restore  # noqa: E402
+from pipeline.core.prepare import build_operator  # noqa: E402  (after the sys.path insert: runs from a checkout)
+from pipeline.core.restore import restore  # noqa: E402
 from pipeline.core.synthetic import synthesize  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"

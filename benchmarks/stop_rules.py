@@ -42,7 +42,7 @@ from pipeline.core.fit import fit  # noqa: E402  (after the sys.path insert: run
 from pipeline.core.images import Picture, read  # noqa: E402  (after the sys.path insert: runs from a checkout)
 from pipeline.core.metrics import psnr  # noqa: E402  (after the sys.path insert: runs from a checkout)
 from pipeline.core.options import Options  # noqa: E402  (after the sys.path insert: runs from a checkout)
-from pipeline.core.restore import prepare  # noqa: E402  (after the sys.path insert: runs from a checkout)
+from pipeline.core.prepare import prepare  # noqa: E402  (after the sys.path insert: runs from a checkout)
 from pipeline.evaluation.suites import DEFAULT_DATA, DENOISE_COLOR  # noqa: E402  (after the sys.path insert: runs from a checkout)
 
 MARGINS = (0.9, 0.95, 1.0, 1.05, 1.1)

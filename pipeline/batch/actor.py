@@ -106,7 +106,7 @@ class FitActor:
         return {k: [r[k] for r in out] for k in OUT_COLUMNS}
 
     def start(self, planned: dict) -> _Item:
-        from ..core.restore import resolve_device
+        from ..core.prepare import resolve_device
 
         job = manifest.Job.from_row({k: plain_value(v) for k, v in planned.items()})
         options = replace(job.options, device=resolve_device(job.options.device))

@@ -69,7 +69,7 @@ def learn_one(url: str, rows: list[dict], storage_options: dict, max_pixels: int
     import torch
 
     from ..core.collection import REPTILE_ITERATIONS, learn_initial
-    from ..core.restore import resolve_device
+    from ..core.prepare import resolve_device
     from ..core.warm import save_initial
     from .inputs import load_inputs
     from .manifest import Job

@@ -115,7 +115,7 @@ def restore(input_url, output, mask, save_mask, reference, guide, degradation, s
     from ..core.memory import FitTooLarge
     from ..core.metadata import provenance
     from ..core.options import Options
-    from ..core.restore import resolve_device
+    from ..core.prepare import resolve_device
     from ..core.restore import restore as run_restore
 
     # 1. Before any work: the names, the places they go, the inputs and the options.

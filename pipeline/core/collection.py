@@ -17,7 +17,7 @@ from dataclasses import replace
 from torch import Tensor
 
 from .fit import fit
-from .restore import prepare
+from .prepare import prepare
 from .warm import Start, weights_of
 
 REPTILE_ROUNDS, REPTILE_ITERATIONS, REPTILE_STEP = 3, 100, 0.5  # passes over the images, fit length, step

@@ -23,7 +23,7 @@ from .fit import fit_many
 from .images import Picture
 from .memory import GiB, memory_budget, memory_needed
 from .options import Options
-from .restore import Restoration, finish, prepare
+from .prepare import Restoration, finish, prepare
 from .warm import Start, collection_start
 
 PACKABLE_TASKS = ("denoise", "jpeg", "sr", "inpaint", "archive")

@@ -12,8 +12,9 @@ from pipeline.core.images import Picture
 from pipeline.core.noise import estimate_noise
 from pipeline.core.operators import parse_degradation
 from pipeline.core.options import Options
+from pipeline.core.prepare import archive_mask
 from pipeline.core.presets import CPU_SMALL
-from pipeline.core.restore import archive_mask, restore
+from pipeline.core.restore import restore
 from pipeline.core.synthetic import VISIBLE, archive_scan, synthesize
 from tests.core.test_fit import smooth_image
 

@@ -8,8 +8,9 @@ import torch.nn.functional as F
 from pipeline.core.fit import FitResult, FitTimeout
 from pipeline.core.images import Picture
 from pipeline.core.options import Options
+from pipeline.core.prepare import Restoration
 from pipeline.core.presets import CPU_SMALL
-from pipeline.core.restore import Restoration, restore, restore_tiled
+from pipeline.core.restore import restore, restore_tiled
 from pipeline.core.tiles import blend_weights, largest_tile, tile_boxes
 
 

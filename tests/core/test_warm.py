@@ -10,8 +10,9 @@ from pipeline.core.engine import align_channels
 from pipeline.core.images import Picture
 from pipeline.core.nets import build_net
 from pipeline.core.options import Options
+from pipeline.core.prepare import prepare
 from pipeline.core.presets import CPU_SMALL
-from pipeline.core.restore import prepare, restore, restore_tiled
+from pipeline.core.restore import restore, restore_tiled
 from pipeline.core.tiles import tile_boxes
 from pipeline.core.warm import Start, load_initial, load_weights, save_initial, serpentine, weights_of
 from tests.core.test_fit import smooth_image
