@@ -188,6 +188,11 @@ def actor_requests(folder: Path, images: int) -> dict:
             "result_writes_per_1000_rows": round(shards / images * 1000, 2)}
 
 
+def sizes(text: str) -> list[int]:
+    """Manifest sizes from "10000,100000" ('' for none)."""
+    return [int(part) for part in text.split(",") if part]
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", default="10000,100000,1000000", help="Manifest sizes; '' for none (only the "
@@ -203,7 +208,7 @@ def main():
         if args.actor_images:
             report["actor_requests"] = actor_requests(Path(tmp) / "actor", args.actor_images)
             print(json.dumps(report["actor_requests"]), flush=True)
-        for rows in [int(r) for r in args.rows.split(",") if r]:
+        for rows in sizes(args.rows):
             report["local"].append(scale(f"{tmp}/local-{rows}", rows, None))
         if args.s3:
             sys.path.insert(0, str(ROOT / "tests"))
@@ -214,7 +219,7 @@ def main():
             server.start()
             try:
                 storage.filesystem("s3://bench", server.storage_options)[0].mkdir("bench")
-                for rows in [int(r) for r in (args.s3_rows or args.rows).split(",") if r]:
+                for rows in sizes(args.s3_rows or args.rows):
                     report["s3"].append(scale(f"s3://bench/s3-{rows}", rows, server.storage_options))
             finally:
                 server.stop()

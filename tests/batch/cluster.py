@@ -13,9 +13,9 @@ own read and repartition tasks and the Ray Job driver.
     cluster.kill(node)                         # a preemption: every process of the node SIGKILLed
     cluster.stop()                             # every node killed so, its folder removed
 
-Nothing is found or stopped by name and nothing else is touched (never ``ray stop``, which stops every
-Ray of the user): a node's processes are its ``ray start`` process group plus any process whose command
-line names the node's temporary folder (a Ray worker that left the group), each signalled by PID.
+Nothing is found or stopped by name and nothing else is touched (never Ray's own stop command, which
+stops every Ray of the user): a node's processes are its ``ray start`` process group plus any process
+whose command line names the node's temporary folder (a Ray worker that left the group), each signalled by PID.
 Worker processes bind ports the kernel picks (Ray's default), so nodes never clash with each other, with
 the session's local Ray or with the SeaweedFS server.
 """
