@@ -16,7 +16,8 @@ morphology, labelling and Hough transform:
    not), and is not one of a tight group (``CROWD``: the letters of a word, the highlights of a
    texture).
 3. Scratches: the Hough transform of the thin top-hat (disc of radius 2: lines up to 4 px wide)
-   finds long straight lines at any angle; along each, the line's evidence (its top-hat score,
+   finds long straight lines at any angle, each refitted to the strong pixels near it (the
+   transform's half-degree bins put a long line's ends px off); along each, the line's evidence (its top-hat score,
    averaged over ``SCRATCH_WINDOW`` px along it: a faint scratch adds up along its length) marks
    where it is visible; runs of ``SCRATCH_LENGTH`` or longer are kept when the background is the
    same on both sides (a scratch crosses the content; an object's edge has a different side each
@@ -61,6 +62,9 @@ SCRATCH_MIN_PX = 32  # ... and in px, for small images
 SCRATCH_EVIDENCE = 1.3  # mean top-hat score (local spreads) along a visible run, over ...
 SCRATCH_WINDOW = 41  # ... this many positions along the line
 SCRATCH_INNER, SCRATCH_CAP = 1.5, 8.0  # px from the line where its evidence is taken; score cap
+SCRATCH_EDGE = 0.5  # a scratch's profile grows while its ring's median score is above this (local spreads)
+REFINE_BANDS = (3.5, 2.5)  # px: the Hough line is refitted to the strong pixels this near it, twice
+REFINE_TURN = 2.0  # degrees: a refit that turns the line further than this is not the same line
 FAMILY, FAMILY_ANGLE = 3, 1.5  # this many lines within this many degrees of each other are structure
 SYMMETRY = 0.5  # |left - right| of a scratch's background at most this share of its contrast
 CHROMA_MIN = 0.04  # a background's chroma (RMS over channels x sqrt(C)) the colour test needs
@@ -211,9 +215,12 @@ def _scratches(z: np.ndarray, luma: np.ndarray, low: float, min_length: int, col
         num_peaks=MAX_SCRATCHES)
     rows, cols = np.mgrid[0:h, 0:w]
     strong = z > low
-    lines = [(angle, line) for angle, distance in zip(peak_angles, peak_distances, strict=True)
-             if (line := _scratch_along(rows, cols, z, luma, strong, angle, distance, min_length, colour,
-                                      evidence)) is not None]
+    lines = []
+    for peak in zip(peak_angles, peak_distances, strict=True):
+        angle, distance = _refined(rows, cols, z, strong, *peak)
+        line = _scratch_along(rows, cols, z, luma, strong, angle, distance, min_length, colour, evidence)
+        if line is not None:
+            lines.append((angle, line))
     # A family of parallel lines (mortar joints, planks, blinds, ruled paper) is the picture's own
     # structure: scratches cross an image at angles of their own.
     angles = np.array([angle for angle, _ in lines])
@@ -224,6 +231,25 @@ def _scratches(z: np.ndarray, luma: np.ndarray, low: float, min_length: int, col
             found |= line
             count += 1
     return found, count
+
+
+def _refined(rows, cols, z, strong, angle: float, distance: float) -> tuple[float, float]:
+    """The Hough line (angle, distance) refitted to the strong pixels near it (their principal axis,
+    weighted by their capped score): the transform's half-degree bins put a long scratch's ends
+    px off the line, masking background on one side and leaving the scratch's edge on the other."""
+    for width in REFINE_BANDS:
+        c, s = math.cos(angle), math.sin(angle)
+        near = strong & (np.abs(cols * c + rows * s - distance) <= width)
+        if near.sum() < 20:
+            break
+        x, y, weight = cols[near], rows[near], np.minimum(z[near], SCRATCH_CAP)
+        mx, my = np.average(x, weights=weight), np.average(y, weights=weight)
+        _, axes = np.linalg.eigh(np.cov(np.stack([x - mx, y - my]), aweights=weight))
+        normal = (math.atan2(axes[1, 0], axes[0, 0]) + math.pi / 2) % math.pi - math.pi / 2  # Hough's range
+        if abs((normal - angle + math.pi / 2) % math.pi - math.pi / 2) > math.radians(REFINE_TURN):
+            break
+        angle, distance = normal, mx * math.cos(normal) + my * math.sin(normal)
+    return angle, distance
 
 
 def _scratch_along(rows, cols, z, luma, strong, angle, distance, min_length, colour, needed) -> np.ndarray | None:
@@ -257,7 +283,7 @@ def _scratch_along(rows, cols, z, luma, strong, angle, distance, min_length, col
     half = 0.5  # half-width: grow while the profile's ring still stands out
     for step in np.arange(1.0, 2.6, 0.5):
         ring = on_run & (np.abs(across) <= step) & (np.abs(across) > step - 0.5)
-        if not ring.any() or np.median(scores[ring]) <= 1.0:
+        if not ring.any() or np.median(scores[ring]) <= SCRATCH_EDGE:
             break
         half = step
     near = np.abs(offset) <= half + 6  # the line and 1.5-6 px of background on each side
