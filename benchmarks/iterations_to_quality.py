@@ -2,6 +2,7 @@
 
     python benchmarks/iterations_to_quality.py                          # CPU: tiles and collection, ~1 h
     python benchmarks/iterations_to_quality.py --settings tiles --images F16 --budget 400   # a quick look
+    python benchmarks/iterations_to_quality.py --settings tiles --tile-start shrink          # ~25 min
 
 The images are the colour denoising suite's (the authors' sigma-25 noisy inputs and ground truths,
 ../shared/data), restored with the paper's `denoise` network. Every fit runs its whole budget with
@@ -17,8 +18,10 @@ it). Per fit:
 Settings:
 
 - ``tiles``: ``--crop`` centre crops cut into ``--tile`` px tiles (overlap 1/8, as ``restore_tiled``
-  does), each fitted cold (its own seed) and warm (``neighbour``: serpentine order, each from the
-  weights the tile before it had at its stop, with the first tile's input). The blended images of
+  does), each fitted cold (its own seed) and warm in serpentine order from the weights the tile
+  before it had at its stop (``--tile-start``: ``neighbour``, with the first tile's input, or
+  ``shrink``, half those weights and half its own random network, with its own input;
+  ``pipeline.core.warm.chained_start``). The blended images of
   both are scored whole and in the blend bands (pixels two tiles cover) against elsewhere: a seam
   shows as a lower PSNR in the bands.
 - ``collection``: ``--size`` px centre crops of the images not in ``--train``; the initial weights
@@ -26,7 +29,8 @@ Settings:
   four corners (all fits from them use the learning's input z); each test crop is fitted cold and
   from those weights (``collection``).
 
-Writes ``benchmarks/results/iterations_to_quality_<device>.json``: per setting ``cold_iterations``,
+Writes ``benchmarks/results/iterations_to_quality_<device>[_<tile start>].json`` (the tile start
+named when it is not ``neighbour``): per setting ``cold_iterations``,
 ``warm_iterations`` (means of iterations to quality), ``psnr_cold``, ``psnr_warm`` (means of the
 blind-stop PSNR, dB), ``images`` and the per-fit rows. Core only (no Ray).
 """
@@ -54,7 +58,7 @@ from pipeline.core.options import Options  # noqa: E402
 from pipeline.core.prepare import prepare  # noqa: E402
 from pipeline.core.presets import DISCREPANCY_MARGIN  # noqa: E402
 from pipeline.core.tiles import TILE_OVERLAP_DIVISOR, blend_weights, tile_boxes  # noqa: E402
-from pipeline.core.warm import Start, serpentine, weights_of  # noqa: E402
+from pipeline.core.warm import Start, chained_start, serpentine, weights_of  # noqa: E402
 from pipeline.evaluation.suites import DEFAULT_DATA, DENOISE_COLOR  # noqa: E402
 
 TOLERANCE = 0.2  # dB below the cold fit's best that counts as its quality
@@ -115,7 +119,7 @@ def row_of(name: str, part: str, cold: dict, warm: dict, budget: int) -> dict:
 
 
 def tiles_one(spec: tuple) -> dict:
-    """One image of the tiles setting: every tile cold, then the neighbour chain; both blended."""
+    """One image of the tiles setting: every tile cold, then the chain of ``--tile-start``; both blended."""
     name, args = spec
     torch.set_num_threads(args.threads)
     noisy, clean = (centre(p, args.crop) for p in pictures(args.data, name))
@@ -126,9 +130,9 @@ def tiles_one(spec: tuple) -> dict:
             for k, box in enumerate(boxes)]
     order, warm, start = serpentine(boxes), [None] * len(boxes), None
     for k in order:
-        tile_options = replace(options, seed=args.seed + k, warm_start="neighbour")
+        tile_options = replace(options, seed=args.seed + k, warm_start=args.tile_start)
         warm[k] = run_fit(cut(noisy, *boxes[k]), cut(clean, *boxes[k]), tile_options, start)
-        start = Start(warm[k]["weights"], input_seed=args.seed + order[0])
+        start = chained_start(warm[k]["weights"], args.tile_start, args.seed + order[0])
     rows = [{**row_of(name, f"tile {k}", cold[k], warm[k], args.budget), "box": list(boxes[k]),
              "chain_position": order.index(k)} for k in range(len(boxes))]
     whole = {}
@@ -183,6 +187,8 @@ def main() -> None:
     parser.add_argument("--images", default="F16,kodim03", help="tiles: the images")
     parser.add_argument("--crop", type=int, default=192, help="tiles: centre crop side, px")
     parser.add_argument("--tile", type=int, default=64, help="tiles: tile side, px")
+    parser.add_argument("--tile-start", default="neighbour", choices=("neighbour", "shrink"),
+                        help="tiles: the warm start that chains them")
     parser.add_argument("--train", default="baboon,hill,lena", help="collection: the images it is learned on")
     parser.add_argument("--size", type=int, default=64, help="collection: crop side, px")
     parser.add_argument("--budget", type=int, default=800, help="iterations of every fit")
@@ -202,7 +208,7 @@ def main() -> None:
     if "tiles" in settings:
         images = list(map_(tiles_one, [(n, args) for n in args.images.split(",")]))
         rows = [row for image in images for row in image["rows"]]
-        result["tiles"] = {**summary(rows), "crop": args.crop, "tile": args.tile,
+        result["tiles"] = {**summary(rows), "start": args.tile_start, "crop": args.crop, "tile": args.tile,
                            "whole": {i["image"]: i["whole"] for i in images}, "rows": rows}
         print("tiles", {k: v for k, v in result["tiles"].items() if k != "rows"}, flush=True)
     if "collection" in settings:
@@ -220,7 +226,8 @@ def main() -> None:
         print("collection", {k: v for k, v in result["collection"].items() if k != "rows"}, flush=True)
         result["collection"]["learning"] = {"crops": len(crops), "seconds": round(learned_s, 1)}
     tag = "cpu" if not args.device.startswith("cuda") else torch.cuda.get_device_name().lower().replace(" ", "-")
-    out = Path(args.out or ROOT / "benchmarks" / "results" / f"iterations_to_quality_{tag}.json")
+    suffix = "" if args.tile_start == "neighbour" or "tiles" not in settings else f"_{args.tile_start}"
+    out = Path(args.out or ROOT / "benchmarks" / "results" / f"iterations_to_quality_{tag}{suffix}.json")
     out.write_text(json.dumps(result, indent=1) + "\n")
     print(f"wrote {out}")
 

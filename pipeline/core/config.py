@@ -15,6 +15,7 @@ UPSAMPLE_MODES = ("bilinear", "nearest")
 DOWNSAMPLE_MODES = ("stride", "avg", "max")
 PADS = ("reflection", "zero")
 INPUT_KINDS = ("noise", "meshgrid")
+WARM_STARTS = ("none", "neighbour", "shrink", "collection")  # where a fit starts (pipeline.core.warm)
 
 
 @dataclass(frozen=True)

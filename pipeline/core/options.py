@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from functools import lru_cache
 
-from .config import stable_dict
+from .config import WARM_STARTS, stable_dict
 from .presets import PRESET_NAMES, TASKS, Preset, get_preset
 
 
@@ -72,10 +72,11 @@ class Options:
     average_last: int = option(0, "Return the mean of the outputs of the last N iterations instead of the last "
                                "output (0: off; with early stopping, the stopping rule's output).", int, low=0)
     warm_start: str = option("none", "Start the fit from fitted weights: neighbour (each tile of a tiled image from "
-                             "the adjacent tile fitted before it), collection (from weights learned on a few "
-                             "images of the collection: --warm-weights, or in dip run the manifest's collection "
-                             "column), none. Early stopping is on with a warm start unless --no-early-stop.", str,
-                             choices=("none", "neighbour", "collection"))
+                             "the adjacent tile fitted before it), shrink (half of those weights and half the "
+                             "tile's own random network, with its own input), collection (from weights learned "
+                             "on a few images of the collection: --warm-weights, or in dip run the manifest's "
+                             "collection column), none. Early stopping is on with a warm start unless "
+                             "--no-early-stop.", str, choices=WARM_STARTS)
     warm_weights: str | None = option(None, "Warm start collection: the weights file to start from (dip run "
                                       "writes them under <output>/warm/).", str)
     tv_baseline: bool = option(False, "Also minimise the TV prior with the same data term, and score it.", bool)

@@ -124,7 +124,7 @@ def prepare(observed: Picture, options: Options, *, mask: Picture | None = None,
         torch.manual_seed(options.seed)
         net = build_net(replace(preset.net, in_channels=z.shape[1], out_channels=observed.channels))
     if start is not None:
-        load_weights(net, start.weights)
+        load_weights(net, start.weights, share=start.share)
     ref = check_reference(reference, observed.channels, height, width)
 
     # 3. The noise level, estimated from the observation (no ground truth needed).

@@ -37,7 +37,7 @@ from .prepare import (
     prepare,
 )
 from .tiles import TILE_OVERLAP_DIVISOR, blend_weights, tile_boxes
-from .warm import Start, collection_start, serpentine, weights_of
+from .warm import CHAINED, Start, chained_start, collection_start, serpentine, weights_of
 
 
 def restore(
@@ -58,7 +58,7 @@ def restore(
 
     Warm starts (``pipeline.core.warm``, ``options.warm_start``): ``start`` gives the weights a
     one-piece fit starts from (collection: read from ``options.warm_weights`` when not given);
-    "neighbour" chains the tiles of a tiled fit.
+    "neighbour" and "shrink" chain the tiles of a tiled fit.
     ``keep_weights``: the Restoration carries the fitted network's weights.
 
     A fit whose memory estimate (``pipeline.core.memory``) exceeds the budget runs in overlapping
@@ -119,7 +119,8 @@ def restore_tiled(
     tile, overlap: in px of the observation. The observation, ``mask`` and ``guide`` are cut the
     same way; the restored image is ``scale`` times larger for super-resolution, and so are its
     tiles and their overlap. Tile k is fitted with seed options.seed + k and no reference (with the
-    "neighbour" warm start in serpentine order, from the weights of the tile fitted before it);
+    "neighbour" or "shrink" warm start in serpentine order, from the weights of the tile fitted
+    before it, ``pipeline.core.warm.chained_start``);
     ``reference`` (clean, image-sized) scores the blended image once. options.time_limit_s bounds
     all tiles together. The FitResult sums seconds and backtracks, takes the largest iteration
     counts, is stopped_early when every tile was, and has no history; metrics["tiles"] = the count.
@@ -136,12 +137,12 @@ def restore_tiled(
     boxes = tile_boxes(observed.height, observed.width, tile, overlap)
 
     # 2. Restore each tile, accumulating tile * weight and weight in image space. With the
-    #    neighbour warm start the tiles go in serpentine order, each from the last one's weights
-    #    and the first one's input.
+    #    neighbour (shrink) warm start the tiles go in serpentine order, each from the last one's
+    #    weights and the first one's input (from half of them and its own input).
     total = torch.zeros(1, observed.channels, height, width)  # (1, C, H, W)
     weight_sum = torch.zeros(1, 1, height, width)  # (1, 1, H, W)
     started, results = time.perf_counter(), []
-    chained = options.warm_start == "neighbour"
+    chained = options.warm_start in CHAINED
     order = serpentine(boxes) if chained else range(len(boxes))
     start: Start | None = None
     for done, k in enumerate(order):
@@ -158,7 +159,7 @@ def restore_tiled(
                              reference=None, guide=_crop(guide, top, left, h, w), **warm,
                              **_part(progress, done, len(boxes)))
         if chained:
-            start = Start(result.weights, input_seed=options.seed + order[0])
+            start = chained_start(result.weights, options.warm_start, options.seed + order[0])
         box = (top * s, left * s, h * s, w * s)
         pixels = result.picture.pixels
         if tuple(pixels.shape) != (1, observed.channels, h * s, w * s):

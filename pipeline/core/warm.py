@@ -1,11 +1,16 @@
 """Warm starts: a fit that starts from fitted weights instead of a random network.
 
 Every DIP fit starts from a random network, although the tiles of one scan (and the scans of one
-collection) share their statistics. Two starts (``Options.warm_start``):
+collection) share their statistics. Three starts (``Options.warm_start``):
 
 - ``neighbour``: the tiles of one image are fitted in serpentine order (row by row, every other
   row right to left), so that each tile but the first has just fitted an adjacent one; it starts
   from that network's weights and the first tile's input z (``pipeline.core.restore.restore_tiled``);
+- ``shrink``: the same chain, but each tile starts from "shrink and perturb" (Ash and Adams,
+  NeurIPS 2020): ``SHRINK`` times the neighbour's weights plus the rest of its own seeded random
+  network, with its own input z. A network that has fitted its neighbour to the end has lost the
+  plasticity a fresh one has; the random share gives it back, the fitted share keeps what the
+  tiles share;
 - ``collection``: a fit starts from weights learned on a few images of the same collection by
   ``learn_initial`` (Reptile: short fits from the current weights, the weights moved a step
   towards each fitted network; ``pipeline.core.collection``), which the batch job stores under its
@@ -25,17 +30,20 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-WARM_STARTS = ("none", "neighbour", "collection")
+CHAINED = ("neighbour", "shrink")  # the starts that chain the tiles of one image
+SHRINK = 0.5  # shrink: the neighbour's share of the start; the rest is the tile's own random network
 
 
 @dataclass(frozen=True)
 class Start:
     """Where a fit starts: a network's weights (a state dict on the CPU, as ``weights_of`` gives
     them) and, to go on from a neighbour's fit, the seed of the input z that fit used (None: the
-    fit's own seed)."""
+    fit's own seed). ``share``: the weights' share of the start, the rest being the fit's own seeded
+    random network (1: the weights alone; ``SHRINK`` for ``shrink``)."""
 
     weights: dict[str, Tensor]
     input_seed: int | None = None
+    share: float = 1.0
 
 
 def weights_of(net: nn.Module) -> dict[str, Tensor]:
@@ -53,8 +61,11 @@ def weights_of(net: nn.Module) -> dict[str, Tensor]:
     return state
 
 
-def load_weights(net: nn.Module, weights: dict[str, Tensor]) -> None:
-    """Put ``weights`` (``weights_of``) into ``net``; ValueError naming what does not match."""
+def load_weights(net: nn.Module, weights: dict[str, Tensor], share: float = 1.0) -> None:
+    """Put ``weights`` (``weights_of``) into ``net``, or with ``share`` < 1 that share of them plus
+    the rest of ``net``'s own parameters; ValueError naming what does not match."""
+    if not 0.0 < share <= 1.0:
+        raise ValueError(f"a warm start's share of fitted weights must be in (0, 1], got {share!r}")
     own = dict(net.named_parameters())
     missing, extra = sorted(set(own) - set(weights)), sorted(set(weights) - set(own))
     wrong = sorted(name for name in set(own) & set(weights) if own[name].shape != weights[name].shape)
@@ -63,7 +74,18 @@ def load_weights(net: nn.Module, weights: dict[str, Tensor]) -> None:
                          f"{extra[:3]}, other shapes {wrong[:3]} (learned for another preset or channel count?)")
     with torch.no_grad():
         for name, parameter in own.items():
-            parameter.copy_(weights[name])
+            parameter.mul_(1.0 - share).add_(weights[name].to(parameter.device), alpha=share)
+
+
+def chained_start(weights: dict[str, Tensor], kind: str, first_seed: int) -> Start:
+    """The start of the next tile in a chain of ``kind`` (``CHAINED``) after a tile fitted to
+    ``weights``: neighbour goes on from them with the first tile's input (seed ``first_seed``);
+    shrink takes ``SHRINK`` of them and the tile's own input."""
+    if kind == "shrink":
+        return Start(weights, input_seed=None, share=SHRINK)
+    if kind == "neighbour":
+        return Start(weights, input_seed=first_seed)
+    raise ValueError(f"warm start {kind!r} does not chain tiles; those that do: {', '.join(CHAINED)}")
 
 
 def serpentine(boxes: Sequence[tuple[int, int, int, int]]) -> list[int]:

@@ -1,4 +1,4 @@
-"""Warm starts: weights carried from one fit to the next (neighbour tiles, a collection)."""
+"""Warm starts: weights carried from one fit to the next (neighbour and shrink tiles, a collection)."""
 
 from dataclasses import replace
 
@@ -14,7 +14,16 @@ from pipeline.core.prepare import prepare
 from pipeline.core.presets import CPU_SMALL
 from pipeline.core.restore import restore, restore_tiled
 from pipeline.core.tiles import tile_boxes
-from pipeline.core.warm import Start, load_initial, load_weights, save_initial, serpentine, weights_of
+from pipeline.core.warm import (
+    SHRINK,
+    Start,
+    chained_start,
+    load_initial,
+    load_weights,
+    save_initial,
+    serpentine,
+    weights_of,
+)
 from tests.core.test_fit import smooth_image
 
 
@@ -67,25 +76,45 @@ def test_a_fit_started_from_a_fitted_network_starts_where_that_fit_stopped():
     assert other.fit.history[0]["psnr_reference"] < warm_first - 5
 
 
-def test_neighbour_tiles_are_chained_in_serpentine_order():
+@pytest.mark.parametrize("kind", ["neighbour", "shrink"])
+def test_tiles_are_chained_in_serpentine_order(kind):
     observed, _ = noisy_picture(48, 80)
-    options = Options(task="denoise", preset=CPU_SMALL, iterations=20, warm_start="neighbour")
-    calls = []  # per tile fitted: (seed, the start's input seed, the marker of the weights it started from)
+    options = Options(task="denoise", preset=CPU_SMALL, iterations=20, warm_start=kind)
+    calls = []  # per tile fitted: (seed, the start's input seed and share, the marker of the weights it started from)
 
     def fit_one(tile, tile_options, *, start=None, keep_weights=False, **kwargs):
         assert keep_weights
-        calls.append((tile_options.seed, start and start.input_seed, start and float(start.weights["marker"])))
-        own = None if start is None else Start({n: v for n, v in start.weights.items() if n != "marker"})
+        calls.append((tile_options.seed, start and start.input_seed, start and start.share,
+                      start and float(start.weights["marker"])))
+        own = None if start is None else replace(start, weights={n: v for n, v in start.weights.items()
+                                                                 if n != "marker"})
         result = restore(tile, replace(tile_options, warm_start="none"), start=own, keep_weights=True, **kwargs)
         result.weights["marker"] = torch.tensor(float(tile_options.seed))  # which tile these weights are
         return result
 
-    restore_tiled(observed, options, tile=32, overlap=4, restore_one=fit_one)
+    tiled = restore_tiled(observed, options, tile=32, overlap=4, restore_one=fit_one)
     order = serpentine(tile_boxes(48, 80, 32, 4))
-    assert [seed for seed, _, _ in calls] == [options.seed + k for k in order]
-    assert calls[0][1:] == (None, None)
-    for (_, input_seed, marker), (before, _, _) in zip(calls[1:], calls, strict=False):
-        assert input_seed == options.seed + order[0] and marker == before  # the tile fitted just before
+    assert [seed for seed, _, _, _ in calls] == [options.seed + k for k in order]
+    assert calls[0][1:] == (None, None, None)
+    # neighbour: the first tile's input and the weights alone; shrink: its own input, SHRINK of them
+    expected = (options.seed + order[0], 1.0) if kind == "neighbour" else (None, SHRINK)
+    for (_, input_seed, share, marker), (before, _, _, _) in zip(calls[1:], calls, strict=False):
+        assert (input_seed, share) == expected and marker == before  # the tile fitted just before
+    assert tiled.metrics["warm_start"] == kind
+
+
+def test_shrink_starts_from_a_share_of_the_fitted_weights_and_the_rest_of_its_own():
+    observed, _ = noisy_picture()
+    options = Options(task="denoise", preset=CPU_SMALL)
+    fitted = {n: v + 1.0 for n, v in weights_of(prepare(observed, replace(options, seed=7)).net).items()}
+    own = weights_of(prepare(observed, replace(options, seed=3)).net)  # the tile's own random network
+    mixed = prepare(observed, replace(options, seed=3), start=Start(fitted, share=SHRINK)).net
+    for name, value in weights_of(mixed).items():
+        torch.testing.assert_close(value, SHRINK * fitted[name] + (1 - SHRINK) * own[name])
+    with pytest.raises(ValueError, match="share of fitted weights must be in"):
+        load_weights(mixed, fitted, share=0.0)
+    with pytest.raises(ValueError, match="does not chain tiles"):
+        chained_start(fitted, "collection", 0)
 
 
 def test_a_warm_start_stops_early_unless_told_not_to():
