@@ -16,6 +16,8 @@
 #            e.g. "set5-x4 barbara-50")                                     PAPER_LIMIT s (default 540)
 #   archive  archive.py: archive against denoise at full size, the paper's network, 3000 iterations
 #            (ARCHIVE_IMAGES=F16,... picks images; default three)                ~450 s
+#   warm     iterations_to_quality.py: tiles of 256 px of two 512 px crops, 3000 iterations, cold
+#            against the WARM_START chain (default shrink; or neighbour)            ~400 s (estimated)
 # Results go to $OUT (default benchmarks/results), the log to $OUT/session.log.
 #
 #   OUT=/tmp/out STEPS="tests profile es" bash benchmarks/gpu_session.sh
@@ -65,6 +67,9 @@ for name in ${STEPS:-tests profile layers es pack speed}; do
         archive) step 480 $PY benchmarks/archive.py --parts fits --preset archive --size 0 --iterations 3000 \
                      --device cuda --workers 1 --images "${ARCHIVE_IMAGES:-F16,kodim03,peppers}" \
                      --out "$OUT/archive_archive_full_$($PY -c 'import torch; print(torch.cuda.get_device_name().lower().replace(" ", "-"))').json" ;;
-        *) echo "unknown step $name (expected tests, profile, profile-align, layers, es, pack, speed, stoprules, paper, archive)"; exit 2 ;;
+        warm) step 480 $PY benchmarks/iterations_to_quality.py --settings tiles --device cuda --workers 1 \
+                  --crop 512 --tile 256 --budget 3000 --tile-start "${WARM_START:-shrink}" \
+                  --out "$OUT/iterations_to_quality_$($PY -c 'import torch; print(torch.cuda.get_device_name().lower().replace(" ", "-"))')_${WARM_START:-shrink}.json" ;;
+        *) echo "unknown step $name (expected tests, profile, profile-align, layers, es, pack, speed, stoprules, paper, archive, warm)"; exit 2 ;;
     esac
 done
