@@ -11,7 +11,9 @@ The clean images are the nine ground truths of the colour denoising suite (../sh
    (clipped to [0, 1], as a file would be), against σ and against the std of the noise that
    remained after clipping; and of each archive scan (``archive:S``) against its grain's RMS. Beside
    it, against the noise present: the noise added and σ̂ of the ground truth alone (its own grain
-   and texture, an upper bound of its noise) in quadrature.
+   and texture, an upper bound of its noise) in quadrature. Then, held out from the estimator's
+   tuning, the colour ground truths of Set5 and the paper's samples with Gaussian noise of σ 5,
+   10, 25, 50 (``held_out``).
 2. masks: ``detect_defects`` on each image at full size as an archive scan of grain 5, 12 and 20
    with the planted dust and scratches (``archive:S``) and without them (``grain:S``): precision,
    recall and IoU of the defect pixels (pooled over the scans, and per grain), and the share of a
@@ -60,6 +62,10 @@ from pipeline.core.synthetic import synthesize  # noqa: E402
 from pipeline.evaluation.suites import ARCHIVE_SIGMAS, DEFAULT_DATA, DENOISE_COLOR  # noqa: E402
 
 NOISE_SIGMAS = (5, 10, 15, 25, 50)
+HELD_OUT = ("set5_x4/baby_GT.png", "set5_x4/bird_GT.png", "set5_x4/butterfly_GT.png", "set5_x4/head_GT.png",
+            "set5_x4/woman_GT.png", "samples/denoising/snail.jpg", "samples/feature_inversion/building.jpg",
+            "samples/feature_inversion/monkey.jpg", "samples/inpainting/library.png",
+            "samples/restoration/barbara.png", "samples/sr/zebra_GT.png", "samples/inpainting/kate.png")
 
 
 def clean_image(data: str, name: str) -> Picture:
@@ -82,7 +88,22 @@ def noise_part(args) -> dict:
             rows.append({"image": name, "kind": "archive", "sigma": sigma, "remained": round(scan.sigma, 3),
                          "estimate": round(estimate_noise(scan.observed.pixels).sigma, 3),
                          "clean_estimate": round(own, 3)})
+    held_out = []
+    for i, name in enumerate(HELD_OUT):
+        clean = read(Path(args.data) / name)
+        if clean.channels != 3:
+            continue
+        for sigma in (5, 10, 25, 50):
+            noisy = synthesize(clean, f"noise:{sigma}", seed=3000 + 10 * i + sigma).observed
+            remained = float((noisy.pixels - clean.pixels).std()) * 255
+            held_out.append({"image": name, "sigma": sigma, "remained": round(remained, 3),
+                             "estimate": round(estimate_noise(noisy.pixels).sigma, 3)})
     summary = {}
+    for sigma in sorted({r["sigma"] for r in held_out}):
+        errors = [r["estimate"] / r["remained"] - 1 for r in held_out if r["sigma"] == sigma]
+        summary[f"held-out:{sigma}"] = {
+            "error_mean": round(statistics.fmean(errors), 4), "error_worst": round(max(errors, key=abs), 4),
+            "within_10pct": sum(abs(e) <= 0.1 for e in errors), "images": len(errors)}
     for kind, sigma in sorted({(r["kind"], r["sigma"]) for r in rows}):
         group = [r for r in rows if r["kind"] == kind and r["sigma"] == sigma]
         errors = [r["estimate"] / r["remained"] - 1 for r in group]
@@ -95,7 +116,7 @@ def noise_part(args) -> dict:
             "error_vs_nominal_mean": round(statistics.fmean(nominal), 4),
             "error_vs_present_mean": round(statistics.fmean(present), 4),
             "within_10pct_of_present": sum(abs(e) <= 0.1 for e in present)}
-    return {"rows": rows, "summary": summary}
+    return {"rows": rows, "held_out": held_out, "summary": summary}
 
 
 def masks_part(args) -> dict:

@@ -1,5 +1,6 @@
 """The noise level without ground truth, and the discrepancy stopping rule that uses it."""
 
+import math
 from dataclasses import replace
 
 import numpy as np
@@ -42,8 +43,26 @@ def test_texture_does_not_raise_sigma_on_a_large_image(sigma):
     assert estimate_noise(noisy).sigma == pytest.approx(sigma, rel=0.1)
 
 
+@pytest.mark.parametrize("sigma", [5, 10])
+def test_fine_texture_in_every_block_does_not_raise_sigma(sigma):
+    """Fine stripes (2.5-5 px periods, at three angles) over the whole image: no block is flat, and
+    the finest wavelet coefficients read the stripes as noise, but the stripes lie in a few
+    principal components of the patches, so the eigenvalues left are the noise's."""
+    from skimage.restoration import estimate_sigma
+
+    yy, xx = torch.meshgrid(torch.arange(320.0), torch.arange(320.0), indexing="ij")
+    stripes = sum(torch.sin(2 * math.pi * (xx * math.cos(a) + yy * math.sin(a)) / period)
+                  for a, period in ((0.3, 2.5), (1.2, 3.5), (2.2, 5.0)))
+    clean = smooth_image(320, 320) * 0.5 + 0.25 + 0.08 * stripes  # within [0.11, 0.89]: no clipping
+    noisy = clean + torch.randn(clean.shape, generator=torch.Generator().manual_seed(sigma)) * sigma / 255
+    whole = float(np.mean(estimate_sigma(noisy[0].numpy().astype(np.float64), channel_axis=0))) * 255
+    assert whole > 1.2 * sigma  # the stripes, read as noise (the flattest blocks' wavelet σ: 2.9x, 1.7x)
+    assert estimate_noise(noisy).sigma == pytest.approx(sigma, rel=0.1)
+
+
 def test_a_clean_image_has_little_noise_and_bad_shapes_are_refused():
     assert estimate_noise(smooth_image(64, 64)).sigma < 1.0
+    assert estimate_noise(smooth_image(12, 12)).sigma < 1.0  # smaller than one block
     with pytest.raises(ValueError, match=r"\[1, C, H, W\]"):
         estimate_noise(np.zeros((3, 8, 8)))
 
