@@ -280,7 +280,8 @@ def test_a_poison_image_is_refused_once_its_worker_died_max_fit_attempts_times(c
 def test_the_head_lost_mid_run_breaks_off_and_the_rerun_on_a_fresh_cluster_fits_the_rest(clusters, options,
                                                                                         s3_bucket):
     cluster = clusters.current(workers=1)
-    manifest, images = dataset(f"{s3_bucket}/data", options, 4)
+    # 8 images: with 4, a loaded machine once saw the last rows written before the kill landed
+    manifest, images = dataset(f"{s3_bucket}/data", options, 8)
     output = f"{s3_bucket}/out"
     clock = time.monotonic()
     process = dip_run(cluster, manifest, output, options, "--iterations", "150", "--shard-rows", "1")
