@@ -53,10 +53,12 @@ def _port_free(port: int) -> bool:
 
 
 def _free_ports(n: int) -> list[int]:
-    """n ports below 32768 (under Linux's ephemeral range), each free together with port + 10000."""
+    """n ports, each free together with port + 10000, both below 32768 (under Linux's ephemeral range,
+    where an outbound connection or a Ray process may take a port between a stop and a restart of the
+    server: CI once saw a filer's gRPC port at 40698 taken)."""
     ports: list[int] = []
     while len(ports) < n:
-        p = random.randrange(20000, 32000)
+        p = random.randrange(20000, 32768 - GRPC_OFFSET)
         if p not in ports and p + GRPC_OFFSET not in ports and _port_free(p) and _port_free(p + GRPC_OFFSET):
             ports.append(p)
     return ports
