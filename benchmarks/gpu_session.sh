@@ -39,6 +39,7 @@ if [ -n "${DIP_DATA:-}" ] && [ ! -e ../shared/data ]; then
 fi
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
 $PY -c "import torch, sys; print('torch', torch.__version__, 'python', sys.version.split()[0], torch.cuda.get_device_name())"
+TAG=$($PY -c 'import torch; print(torch.cuda.get_device_name().lower().replace(" ", "-"))')  # results' file names
 step() { local limit=$1; shift; echo "=== $* (limit ${limit}s) $(date -u +%T)"; timeout "$limit" "$@"; echo "=== exit $? $(date -u +%T)"; }
 
 ES_LIMIT=${ES_LIMIT:-300}
@@ -60,16 +61,16 @@ for name in ${STEPS:-tests profile layers es pack speed}; do
                    --ablations "${ABLATIONS:-2nd-fit,size+32,size+64,align,no-compile,no-graphs,no-bf16}" --output "$OUT" ;;
         stoprules) step 420 $PY benchmarks/stop_rules.py --preset denoise --size 0 --iterations 3000 --device cuda \
                        ${STOP_IMAGES:+--images "$STOP_IMAGES"} \
-                       --out "$OUT/stop_rules_denoise_full_$($PY -c 'import torch; print(torch.cuda.get_device_name().lower().replace(" ", "-"))').json" ;;
+                       --out "$OUT/stop_rules_denoise_full_${TAG}.json" ;;
         paper) step "$PAPER_LIMIT" $PY benchmarks/paper_tables.py --time-budget "$((PAPER_LIMIT - 20))" \
                    $(for s in ${PAPER_SUITES:-}; do printf -- '--suite %s ' "$s"; done) \
-                   --out "$OUT/paper_tables_$($PY -c 'import torch; print(torch.cuda.get_device_name().lower().replace(" ", "-"))').json" ;;
+                   --out "$OUT/paper_tables_${TAG}.json" ;;
         archive) step 480 $PY benchmarks/archive.py --parts fits --preset archive --size 0 --iterations 3000 \
                      --device cuda --workers 1 --images "${ARCHIVE_IMAGES:-F16,kodim03,peppers}" \
-                     --out "$OUT/archive_archive_full_$($PY -c 'import torch; print(torch.cuda.get_device_name().lower().replace(" ", "-"))').json" ;;
+                     --out "$OUT/archive_archive_full_${TAG}.json" ;;
         warm) step 480 $PY benchmarks/iterations_to_quality.py --settings tiles --device cuda --workers 1 \
                   --crop 512 --tile 256 --budget 3000 --tile-start "${WARM_START:-shrink}" \
-                  --out "$OUT/iterations_to_quality_$($PY -c 'import torch; print(torch.cuda.get_device_name().lower().replace(" ", "-"))')_${WARM_START:-shrink}.json" ;;
+                  --out "$OUT/iterations_to_quality_${TAG}_${WARM_START:-shrink}.json" ;;
         *) echo "unknown step $name (expected tests, profile, profile-align, layers, es, pack, speed, stoprules, paper, archive, warm)"; exit 2 ;;
     esac
 done
