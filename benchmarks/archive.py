@@ -72,6 +72,12 @@ def clean_image(data: str, name: str) -> Picture:
     return read(Path(data) / "denoise_color_sigma25" / f"{name}_GT.png")
 
 
+def error_stats(errors: list[float]) -> dict:
+    """Relative errors of σ̂: their mean, the largest in size, and how many are within 10%."""
+    return {"error_mean": round(statistics.fmean(errors), 4), "error_worst": round(max(errors, key=abs), 4),
+            "within_10pct": sum(abs(e) <= 0.1 for e in errors)}
+
+
 def noise_part(args) -> dict:
     rows = []
     for i, name in enumerate(DENOISE_COLOR):
@@ -101,9 +107,7 @@ def noise_part(args) -> dict:
     summary = {}
     for sigma in sorted({r["sigma"] for r in held_out}):
         errors = [r["estimate"] / r["remained"] - 1 for r in held_out if r["sigma"] == sigma]
-        summary[f"held-out:{sigma}"] = {
-            "error_mean": round(statistics.fmean(errors), 4), "error_worst": round(max(errors, key=abs), 4),
-            "within_10pct": sum(abs(e) <= 0.1 for e in errors), "images": len(errors)}
+        summary[f"held-out:{sigma}"] = {**error_stats(errors), "images": len(errors)}
     for kind, sigma in sorted({(r["kind"], r["sigma"]) for r in rows}):
         group = [r for r in rows if r["kind"] == kind and r["sigma"] == sigma]
         errors = [r["estimate"] / r["remained"] - 1 for r in group]
@@ -111,8 +115,7 @@ def noise_part(args) -> dict:
         # against the noise added and the ground truth's own σ̂ together (an upper bound of what it carries)
         present = [r["estimate"] / math.hypot(r["remained"], r["clean_estimate"]) - 1 for r in group]
         summary[f"{kind}:{sigma}"] = {
-            "error_mean": round(statistics.fmean(errors), 4), "error_worst": round(max(errors, key=abs), 4),
-            "within_10pct": sum(abs(e) <= 0.1 for e in errors), "images": len(group),
+            **error_stats(errors), "images": len(group),
             "error_vs_nominal_mean": round(statistics.fmean(nominal), 4),
             "error_vs_present_mean": round(statistics.fmean(present), 4),
             "within_10pct_of_present": sum(abs(e) <= 0.1 for e in present)}
