@@ -4,6 +4,7 @@ and archive against denoise.
     python benchmarks/archive.py                                  # all three parts, CPU, about 15 min
     python benchmarks/archive.py --parts noise,masks              # no fits: a minute
     python benchmarks/archive.py --parts fits --size 0 --iterations 3000 --preset archive --device cuda
+    python benchmarks/archive.py --parts scale --out benchmarks/results/archive_scale_cpu.json  # a minute
 
 The clean images are the nine ground truths of the colour denoising suite (../shared/data).
 
@@ -27,6 +28,11 @@ The clean images are the nine ground truths of the colour denoising suite (../sh
    and the discrepancy rule (the first check where the residual RMS on the kept pixels reaches
    ``DISCREPANCY_MARGIN`` σ̂, replayed from the history as ``benchmarks/stop_rules.py`` does) are
    read from it.
+4. scale: the blind analysis of a 12-megapixel scan (4000x3000, RGB), before any fit: seconds and
+   peak memory of ``estimate_noise`` and of ``detect_defects``, each on its own (the time without
+   tracing, the memory from ``tracemalloc``, which sees numpy's arrays). The scan is kodim03 as an
+   archive scan of grain 12, tiled: the density of grain, dust and texture of a real image, not
+   its scratches (a tiled scratch is a row of short segments, shorter than a scratch must be).
 
 Writes ``benchmarks/results/archive_<preset>_<size>.json`` (and prints the tables). Core only (no Ray).
 """
@@ -231,9 +237,36 @@ def fits_part(args) -> dict:
     return {"rows": rows, "summary": summary}
 
 
+def scale_part(args) -> dict:
+    import tracemalloc
+
+    clean = clean_image(args.data, "kodim03")
+    tile = synthesize(clean, "archive:12", seed=5000).observed.pixels.numpy()
+    height, width = 3000, 4000
+    reps = (1, 1, -(-height // tile.shape[2]), -(-width // tile.shape[3]))
+    scan = np.ascontiguousarray(np.tile(tile, reps)[:, :, :height, :width])  # float32, as a decoded scan
+    rows = []
+    for name, step in (("estimate_noise", estimate_noise), ("detect_defects", detect_defects)):
+        step(scan[:, :, :256, :256])  # imports and first-call set-up out of the timing
+        started = time.perf_counter()
+        answer = step(scan)
+        seconds = time.perf_counter() - started
+        tracemalloc.start()
+        step(scan)
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        rows.append({"step": name, "seconds": round(seconds, 2), "peak_mib": round(peak / 2**20),
+                     "input_mib": round(scan.nbytes / 2**20),
+                     "answer": round(answer.sigma, 2) if name == "estimate_noise" else round(answer.fraction, 5)})
+        print(rows[-1], flush=True)
+    summary = {"size": f"{width}x{height}", **{r["step"]: f"{r['seconds']} s, peak {r['peak_mib']} MiB"
+                                               for r in rows}}
+    return {"rows": rows, "summary": summary}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--parts", default="noise,masks,fits")
+    parser.add_argument("--parts", default="noise,masks,fits", help="noise, masks, fits, scale (comma-separated)")
     parser.add_argument("--preset", default="cpu-small", help="cpu-small, or archive (the paper's network)")
     parser.add_argument("--size", type=int, default=128, help="fits: centre crop side, px (0: the full image)")
     parser.add_argument("--iterations", type=int, default=1000)
@@ -250,7 +283,7 @@ def main() -> None:
                           f"{platform.machine()}, {args.workers} x {args.threads} torch thread(s), 2-core machine"),
               "torch": torch.__version__, "numpy": np.__version__, "preset": args.preset, "size": args.size,
               "iterations": args.iterations, "seed": args.seed}
-    for part, run in (("noise", noise_part), ("masks", masks_part), ("fits", fits_part)):
+    for part, run in (("noise", noise_part), ("masks", masks_part), ("fits", fits_part), ("scale", scale_part)):
         if part in parts:
             result[part] = run(args)
             print(part, json.dumps(result[part]["summary"], indent=1), flush=True)
