@@ -23,15 +23,19 @@ morphology, labelling and Hough transform:
    same on both sides (a scratch crosses the content; an object's edge has a different side each
    way), with the width measured from the line's profile. ``FAMILY`` or more lines at one angle
    (mortar joints, planks, blinds) are the picture's structure, not scratches.
-4. Colour: dust and scratches are grey, so a bright one laid over a coloured background takes the
-   background's colour away; a bright candidate whose change keeps that colour (``CHROMA_GAIN``)
-   is a highlight of the picture. (A dark grey defect darkens every channel as a shadow does, so
-   the test is for bright ones only.)
+4. Colour: dust and scratches are grey, so one laid over a coloured background takes the
+   background's colour away, and one over a grey background stays grey. A candidate, bright or
+   dark, whose change keeps its background's colour (``CHROMA_GAIN``: a highlight, a coloured
+   shadow) or has a colour of its own (``COLOUR_SHIFT``: a blue shadow on white snow) is the
+   picture's. Lines are tested when bright, on the first part only: a long line crosses many
+   backgrounds, and the medians over them are not one background's. Coloured defects (an emulsion
+   scratch through one dye layer) are missed for this test.
 5. A ring of one pixel around what was found, where it still stands out, joins the mask (the
    defect's anti-aliased edge).
 
-``sensitivity`` divides the seed threshold, the contrast needed and the scratches' evidence (2:
-half the contrast is enough; 0.5: twice as much is needed). What this does not find: defects wider
+``sensitivity`` divides the seed threshold, the contrast needed, the scratches' evidence and the
+chroma gain (2: half the contrast is enough, and a grey defect of 15% opacity on a coloured background
+is dust; 0.5: twice as much is needed). What this does not find: defects wider
 than 7 px that are not straight lines (hairs, fibres, stains), faint specks on busy texture or under
 heavy grain (a speck of one or two pixels needs several times the grain's contrast); it takes
 straight thin natural lines (grooves, wires, a panel's edge) for scratches when they are long, even
@@ -68,7 +72,9 @@ REFINE_TURN = 2.0  # degrees: a refit that turns the line further than this is n
 FAMILY, FAMILY_ANGLE = 3, 1.5  # this many lines within this many degrees of each other are structure
 SYMMETRY = 0.5  # |left - right| of a scratch's background at most this share of its contrast
 CHROMA_MIN = 0.04  # a background's chroma (RMS over channels x sqrt(C)) the colour test needs
-CHROMA_GAIN = -0.2  # a bright candidate whose change keeps more of its background's chroma is the picture's
+CHROMA_GAIN = -0.3  # a candidate whose change keeps more of its background's chroma is the picture's
+COLOUR_SHIFT = 0.15  # ... and one whose change has a colour of its own (RMS over channels, share of the change)
+COLOUR_NOISE = 2.0  # ... beyond this many times the noise of a channel's difference of medians
 MAX_SCRATCHES = 12  # Hough peaks examined per polarity
 
 
@@ -105,17 +111,18 @@ def detect_defects(pixels, *, sensitivity: float = 1.0) -> Defects:
     luma = array[0].mean(axis=0)  # (H, W): dust and scratches are grey, they change every channel
     sigma = float(estimate_sigma(luma))  # the luminance's own noise level (channels may be correlated)
     high = HIGH / sensitivity
+    gain = CHROMA_GAIN / sensitivity  # a fainter grey defect (lower opacity) keeps more of the background's chroma
     low = min(LOW, 0.75 * high)  # growth stays above the noise at any sensitivity
     min_length = max(SCRATCH_MIN_PX, int(SCRATCH_LENGTH * min(luma.shape)))
     found = np.zeros(luma.shape, dtype=bool)
     specks = scratches = 0
     speck_scores = _tophat_scores(luma, SPECK_RADIUS, sigma)
     line_scores = _tophat_scores(luma, LINE_RADIUS, sigma)
-    colour = array[0] if array.shape[1] >= 3 else None  # (C, H, W): the chroma test of bright defects
+    colour = array[0] if array.shape[1] >= 3 else None  # (C, H, W): the chroma test
     for bright, z, z_line in zip((True, False), speck_scores, line_scores, strict=True):  # bright, then dark
         labels, count = label(apply_hysteresis_threshold(z, low, high), connectivity=2, return_num=True)
-        kept = _specks(labels, count, luma, sigma, colour if bright else None)
-        lines, n_lines = _scratches(z_line, luma, low, min_length, colour if bright else None,
+        kept = _specks(labels, count, luma, sigma, colour, gain)
+        lines, n_lines = _scratches(z_line, luma, low, min_length, colour if bright else None, gain,
                                     evidence=SCRATCH_EVIDENCE / sensitivity)
         part = kept[labels] | lines
         part |= dilation(part, disk(1)) & (z > low / 2)
@@ -157,7 +164,7 @@ def _block_stat(values: np.ndarray) -> np.ndarray:
 
 
 def _specks(labels: np.ndarray, count: int, luma: np.ndarray, sigma: float,
-            colour: np.ndarray | None) -> np.ndarray:
+            colour: np.ndarray | None, gain: float) -> np.ndarray:
     """keep[label] for labels 0..count: True for the components that are specks (small, round,
     standing out from their ring); keep[0] (the background) False."""
     from skimage.measure import regionprops
@@ -187,7 +194,8 @@ def _specks(labels: np.ndarray, count: int, luma: np.ndarray, sigma: float,
         noise = 1.2533 * sigma * math.sqrt(1 / inside.sum() + 1 / around.size)  # std of the medians' difference
         if abs(np.median(patch[inside]) - np.median(around)) < max(RING_NOISE * noise, RING_TEXTURE * texture, 1e-6):
             continue
-        if colour is not None and _keeps_colour(colour[:, top:bottom, left:right], inside, ring):
+        if colour is not None and _keeps_colour(colour[:, top:bottom, left:right], inside, ring, gain,
+                                                math.sqrt(colour.shape[0]) * noise):
             continue
         keep[region.label] = True
     # dust is scattered: one of a tight group of candidates is texture or text
@@ -199,7 +207,7 @@ def _specks(labels: np.ndarray, count: int, luma: np.ndarray, sigma: float,
 
 
 def _scratches(z: np.ndarray, luma: np.ndarray, low: float, min_length: int, colour: np.ndarray | None,
-               evidence: float) -> tuple[np.ndarray, int]:
+               gain: float, evidence: float) -> tuple[np.ndarray, int]:
     """Long straight lines where the thin top-hat score ``z`` stands out: (mask, count)."""
     from skimage.transform import hough_line, hough_line_peaks
 
@@ -218,16 +226,17 @@ def _scratches(z: np.ndarray, luma: np.ndarray, low: float, min_length: int, col
     lines = []
     for peak in zip(peak_angles, peak_distances, strict=True):
         angle, distance = _refined(rows, cols, z, strong, *peak)
-        line = _scratch_along(rows, cols, z, luma, strong, angle, distance, min_length, colour, evidence)
-        if line is not None:
-            lines.append((angle, line))
+        found_line = _scratch_along(rows, cols, z, luma, strong, angle, distance, min_length, colour, gain, evidence)
+        if found_line is not None:
+            lines.append((angle, *found_line))
     # A family of parallel lines (mortar joints, planks, blinds, ruled paper) is the picture's own
-    # structure: scratches cross an image at angles of their own.
-    angles = np.array([angle for angle, _ in lines])
+    # structure: scratches cross an image at angles of their own. Lines of the picture's colour
+    # count in the family too.
+    angles = np.array([angle for angle, _, _ in lines])
     count = 0
-    for angle, line in lines:
+    for angle, line, pictures in lines:
         apart = np.abs((angles - angle + np.pi / 2) % np.pi - np.pi / 2)  # angle differences, mod 180 deg
-        if (apart <= math.radians(FAMILY_ANGLE)).sum() < FAMILY:
+        if not pictures and (apart <= math.radians(FAMILY_ANGLE)).sum() < FAMILY:
             found |= line
             count += 1
     return found, count
@@ -252,16 +261,17 @@ def _refined(rows, cols, z, strong, angle: float, distance: float) -> tuple[floa
     return angle, distance
 
 
-def _scratch_along(rows, cols, z, luma, strong, angle, distance, min_length, colour, needed) -> np.ndarray | None:
-    """The scratch on the Hough line (angle, distance), or None: its visible runs of ``min_length``
-    px or more, as wide as its profile, if its background matches on both sides.
+def _scratch_along(rows, cols, z, luma, strong, angle, distance, min_length, colour, gain,
+                   needed) -> tuple[np.ndarray, bool] | None:
+    """The line on the Hough line (angle, distance), or None: its visible runs of ``min_length``
+    px or more, as wide as its profile, if its background matches on both sides; and whether it
+    keeps its background's colour (a line of the picture, not a scratch).
 
     Visible: the line's evidence at each position along it (the largest top-hat score within
     ``SCRATCH_INNER`` px of the line, capped at ``SCRATCH_CAP`` so that one speck on the line does
     not carry it) averaged over ``SCRATCH_WINDOW`` positions reaches ``needed`` (``SCRATCH_EVIDENCE``
     over the sensitivity): a faint scratch, a few local spreads above the grain pixel by pixel, adds
-    up along its length. A colour ``colour`` (C, H, W), given for bright lines, is tested as
-    ``_keeps_colour`` says."""
+    up along its length. A colour image ``colour`` (C, H, W) is tested as ``_keeps_colour`` says."""
     c, s = math.cos(angle), math.sin(angle)
     offset = cols * c + rows * s - distance  # signed distance from the line, px
     band = np.abs(offset) <= 2.5
@@ -299,35 +309,47 @@ def _scratch_along(rows, cols, z, luma, strong, angle, distance, min_length, col
     left_m, right_m = np.median(left), np.median(right)
     if abs(left_m - right_m) > SYMMETRY * abs(np.median(centre) - (left_m + right_m) / 2):
         return None  # one side differs from the other: an object's edge, not a scratch
+    pictures = False
     if colour is not None:
         sides = np.zeros(z.shape, dtype=bool)
         sides[near] = inside & (np.abs(side) > half + 1.5)
         middle = np.zeros(z.shape, dtype=bool)
         middle[near] = inside & (np.abs(side) <= half)
-        if _keeps_colour(colour, middle, sides):
-            return None
+        pictures = _keeps_colour(colour, middle, sides, gain, own_colour=False)
     line = np.zeros(z.shape, dtype=bool)
     line[band] = on_run & ((np.abs(across) <= half) | hit)
-    return line
+    return line, pictures
 
 
-def _keeps_colour(colour: np.ndarray, inside: np.ndarray, around: np.ndarray) -> bool:
-    """Whether a bright candidate keeps the colour of its surroundings (a highlight of the picture)
-    rather than turning grey as dust and scratches do. ``colour`` (C, h, w); ``inside``, ``around``
-    (h, w) bool.
+def _keeps_colour(colour: np.ndarray, inside: np.ndarray, around: np.ndarray, least_gain: float,
+                  noise: float = 0.0, own_colour: bool = True) -> bool:
+    """Whether a candidate keeps the colour of its surroundings or has one of its own (a detail of
+    the picture) rather than turning grey as dust and scratches do. ``colour`` (C, h, w);
+    ``inside``, ``around`` (h, w) bool; ``least_gain``: ``CHROMA_GAIN`` over the sensitivity;
+    ``noise``: the std of one channel's difference of medians.
 
     A grey defect of tone t laid over a background b at opacity a changes each channel by
     a (t - b_c), so its chroma (the change minus its mean over the channels) is -a times the
-    background's; a highlight of the picture scales the background, keeping its chroma's sign. The
-    chroma gain of the change along the background's chroma tells them apart where the background
-    has colour enough (``CHROMA_MIN``)."""
+    background's; a highlight or a shadow of the picture scales the background, keeping its
+    chroma's sign. The chroma gain of the change along the background's chroma tells them apart
+    where the background has colour enough (``CHROMA_MIN``). What is left of the change's chroma
+    beside that must be small against the change (``COLOUR_SHIFT``) unless the noise explains it
+    (``COLOUR_NOISE``): a grey defect adds no colour of its own. ``own_colour=False`` leaves that
+    part out (a line's medians mix the many backgrounds it crosses, which adds colour of its own)."""
     background = np.median(colour[:, around], axis=1)  # (C,)
     change = np.median(colour[:, inside], axis=1) - background
     hue = background - background.mean()
+    chroma = change - change.mean()
     strength = float(hue @ hue)
-    if strength < CHROMA_MIN ** 2:
-        return False  # a grey background: no colour to go by
-    return float((change - change.mean()) @ hue) / strength > CHROMA_GAIN
+    if strength >= CHROMA_MIN ** 2:
+        gain = float(chroma @ hue) / strength
+        if gain > least_gain:
+            return True
+        chroma = chroma - gain * hue
+    if not own_colour:
+        return False
+    shift = math.sqrt(float(chroma @ chroma) / chroma.size)
+    return shift > max(COLOUR_SHIFT * abs(float(change.mean())), COLOUR_NOISE * noise)
 
 
 def _trimmed(runs: np.ndarray, evidence: np.ndarray, needed: float) -> np.ndarray:
