@@ -201,13 +201,16 @@ def test_a_worker_node_lost_mid_fit_the_run_completes_on_the_other(clusters, opt
 
 def test_a_worker_node_joining_mid_run_takes_fits_from_the_queue(clusters, options, s3_bucket):
     cluster = clusters.current(workers=1)
-    manifest, images = dataset(f"{s3_bucket}/data", options, 6)
+    manifest, images = dataset(f"{s3_bucket}/data", options, 8)
     output = f"{s3_bucket}/out"
     clock = time.monotonic()
     process = dip(cluster, "submit", "--address", cluster.dashboard, "--manifest", manifest, "--output", output,
-                  *FIT, "--iterations", "150", "--shard-rows", "1", "--workers", "2", "--storage-options",
+                  *FIT, "--iterations", "500", "--shard-rows", "1", "--workers", "2", "--storage-options",
                   json.dumps(without_credentials(options)), "--wait")
     wait_for(lambda: names(output, "claims", options), process, "a first fit")
+    # The join takes about 5 s and its fit actor about 10 s more (Ray, torch): fits of 500 iterations
+    # (about 6 s each here) and eight images leave the queue work for it; with 150 (2 s) and six images
+    # one node had fitted them all first (CI, 2026-12-05).
     joined = cluster.add_worker()  # as the autoscaler adds a node: a new fit slot
     code, text = finish(process)
     assert code == EXIT_OK, text[-3000:]
