@@ -43,22 +43,26 @@ class Inputs:
         return {"observed": self.observed, "mask": self.mask, "reference": self.reference, "guide": self.guide}
 
 
-def read_picture(url: str, storage_options: dict | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Picture:
-    """Read and decode an image (``pipeline.core.images.Picture``); errors name the URL."""
-    return decode(storage.read_bytes(url, storage_options), name=url, max_pixels=max_pixels)
+def read_picture(url: str, storage_options: dict | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+                 page: int | None = None) -> Picture:
+    """Read and decode an image (``pipeline.core.images.Picture``); errors name the URL. ``page``
+    (0-based) picks one page of a multi-page file, which is refused without it."""
+    return decode(storage.read_bytes(url, storage_options), name=url, max_pixels=max_pixels, page=page)
 
 
 def load_inputs(uri: str, *, mask_uri: str | None = None, reference_uri: str | None = None,
                 guide_uri: str | None = None, degradation: str | None = None, seed: int = 0,
-                storage_options: dict | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Inputs:
+                storage_options: dict | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+                page: int | None = None) -> Inputs:
     """The pictures a row names, decoded. With ``degradation`` (``noise:25``, ``downsample:4``,
     ``mask:bernoulli:0.5``, ``jpeg:10``, ``archive:12``) ``uri`` is the clean image: it becomes the reference and
-    the observation is made from it, seeded by ``seed`` (a made mask replaces ``mask_uri``'s)."""
+    the observation is made from it, seeded by ``seed`` (a made mask replaces ``mask_uri``'s). ``page``
+    (0-based) picks the page of a multi-page ``uri``; the other files are single pictures."""
 
-    def load(url: str | None) -> Picture | None:
-        return read_picture(url, storage_options, max_pixels) if url else None
+    def load(url: str | None, page: int | None = None) -> Picture | None:
+        return read_picture(url, storage_options, max_pixels, page=page) if url else None
 
-    inputs = Inputs(observed=load(uri), mask=load(mask_uri), reference=load(reference_uri), guide=load(guide_uri))
+    inputs = Inputs(observed=load(uri, page), mask=load(mask_uri), reference=load(reference_uri), guide=load(guide_uri))
     if degradation:
         synthetic = synthesize(inputs.observed, degradation, seed)
         inputs.observed, inputs.reference = synthetic.observed, synthetic.reference

@@ -5,10 +5,15 @@ Functions take `bytes` (or a local path in `read`): where the bytes live is the 
 module's job, not this one's.
 
 Precision: 8-bit inputs give values k/255, 16-bit inputs k/65535 with `bit_depth=16`: grayscale
-through Pillow; 16-bit colour, and 16-bit gray + alpha, which Pillow reads at 8 bits, through
-imagecodecs' libpng (PNG) and tifffile (TIFF: uncompressed, LZW, Deflate, PackBits; strips and
-tiles; either byte order). Both are imported only when such a file is read or written, so the
-core still runs where only Pillow is installed for 8-bit files.
+through Pillow; 16-bit colour and 16-bit gray + alpha (which Pillow reads at 8 bits, or, as TIFF,
+not at all) through imagecodecs' libpng (PNG) and tifffile (TIFF: uncompressed, LZW, Deflate,
+PackBits; strips and tiles; contiguous or planar; either byte order; associated alpha undone).
+
+Pages: one picture is restored per file. A multi-page TIFF or an animated PNG/WebP/GIF is refused
+unless `page` picks one; a TIFF's thumbnails (reduced-resolution subfiles) are not pages.
+
+imagecodecs is imported only when a 16-bit PNG is read, tifffile when a TIFF is, so the core still
+runs where only Pillow is installed for 8-bit files other than TIFF.
 """
 
 from __future__ import annotations
@@ -77,111 +82,241 @@ class Picture:
         return self.pixels.shape[3]
 
 
-def decode(data: bytes, name: str, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Picture:
+def decode(data: bytes, name: str, max_pixels: int | None = DEFAULT_MAX_PIXELS, page: int | None = None) -> Picture:
     """Decode PNG/JPEG/TIFF/WebP/... bytes into a Picture, upright per its EXIF orientation.
 
     `name` is only used in error messages. Images with more than `max_pixels` pixels
     (width * height; None = no limit of ours) are refused from their header, before any
     pixel data is decoded; Pillow's own decompression-bomb limit applies as well.
-    Raises ImageError for empty, unidentifiable, truncated, corrupt, too large or
-    zero-size data.
+    `page` (0-based) picks one page of a multi-page TIFF or one frame of an animated
+    PNG/WebP/GIF; without it such a file is refused, never cut to its first page silently.
+    A TIFF's reduced-resolution subfiles (thumbnails) and transparency masks are not pages.
+    Raises ImageError for empty, unidentifiable, truncated, corrupt, too large, zero-size or
+    multi-page data, and for a page out of range.
     """
     if len(data) == 0:
         raise ImageError(f"{name}: empty data (0 bytes)")
+    if page is not None and (isinstance(page, bool) or not isinstance(page, int) or page < 0):
+        raise ImageError(f"{name}: page must be an int >= 0 (0-based), got {page!r}")
+    frame = None  # the frame Pillow reads; None: chosen from Pillow's own count of frames
+    if data[:4] in _TIFF_MAGIC:
+        choice = _choose_tiff_page(data, name, page)
+        if choice is not None:
+            frame, deep = choice
+            if deep:
+                return _deep_tiff_picture(data, frame, name, max_pixels)
+    return _pillow_picture(data, name, max_pixels, page, frame)
+
+
+def read(path: str | Path, max_pixels: int | None = DEFAULT_MAX_PIXELS, page: int | None = None) -> Picture:
+    """Read and decode a local image file (see `decode`)."""
+    return decode(Path(path).read_bytes(), name=str(path), max_pixels=max_pixels, page=page)
+
+
+def _pillow_picture(data: bytes, name: str, max_pixels: int | None, page: int | None, frame: int | None) -> Picture:
+    """Decode with Pillow (16-bit colour PNG through imagecodecs): frame `frame`, or the one
+    `page` picks among Pillow's frames when `frame` is None."""
     try:
         image = Image.open(io.BytesIO(data))
     except Image.DecompressionBombError as exc:
         raise ImageError(f"{name}: refused as a possible decompression bomb: {exc}") from exc
     except UnidentifiedImageError as exc:
-        _refuse_float_tiff(data, name)
         raise ImageError(f"{name}: not an image Pillow can identify ({len(data)} bytes)") from exc
     except _DECODE_ERRORS as exc:
         raise ImageError(f"{name}: unreadable image header: {exc}") from exc
 
     with image:
-        width, height = image.size
-        if width == 0 or height == 0:
-            raise ImageError(f"{name}: zero-size image ({width}x{height})")
-        if max_pixels is not None and width * height > max_pixels:
-            raise ImageError(
-                f"{name}: {width}x{height} = {width * height} pixels exceeds "
-                f"max_pixels={max_pixels}"
-            )
         try:
+            frame = _pick_page(_pillow_pages(image), page, name) if frame is None else frame
+            if frame:
+                image.seek(frame)
+            _check_size(image.width, image.height, name, max_pixels)
             metadata = read_metadata(image, data)
             orientation = image.getexif().get(ORIENTATION, 1)
-            deep = _deep_array(data, image, name)  # 16-bit colour: HxWxC uint16, else None
+            deep = _deep_png(data, image, frame, name)  # 16-bit colour PNG: HxWxC uint16, else None
             if deep is not None:
                 return _deep_picture(_orient(deep, orientation), metadata, name)
             image.load()  # decode everything now, so a truncated file fails here
             image = ImageOps.exif_transpose(image)
         except Image.DecompressionBombError as exc:
             raise ImageError(f"{name}: refused as a possible decompression bomb: {exc}") from exc
+        except ImageError:
+            raise
         except _DECODE_ERRORS as exc:
             raise ImageError(f"{name}: truncated or corrupt image data: {exc}") from exc
         return _to_picture(image, name, metadata)
 
 
-def read(path: str | Path, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Picture:
-    """Read and decode a local image file (see `decode`)."""
-    return decode(Path(path).read_bytes(), name=str(path), max_pixels=max_pixels)
+def _check_size(width: int, height: int, name: str, max_pixels: int | None) -> None:
+    """ImageError for a zero-size image or one of more than `max_pixels` pixels (width * height)."""
+    if width == 0 or height == 0:
+        raise ImageError(f"{name}: zero-size image ({width}x{height})")
+    if max_pixels is not None and width * height > max_pixels:
+        raise ImageError(f"{name}: {width}x{height} = {width * height} pixels exceeds max_pixels={max_pixels}")
 
 
 # -----------------------------------------------------------------------------
-# 16-bit colour: imagecodecs (PNG) and tifffile (TIFF)
+# Pages and frames
 
 
-def _deep_array(data: bytes, image: Image.Image, name: str) -> np.ndarray | None:
-    """HxWxC uint16 pixels of a 16-bit colour (or gray + alpha) PNG or TIFF, which Pillow would
-    read at 8 bits; None for every other file (Pillow decodes those)."""
-    fmt = image.format
-    if fmt == "PNG" and len(data) > 25 and data[12:16] == b"IHDR":
-        bit_depth, colour_type = data[24], data[25]
-        if bit_depth == 16 and colour_type in (2, 4, 6):  # RGB, gray + alpha, RGBA
-            import imagecodecs
+def _pick_page(pages: list[int], page: int | None, name: str) -> int:
+    """The frame (IFD) index to read among `pages` (the frame indices that are pages): the only
+    one, or the `page`-th (0-based)."""
+    if page is None and len(pages) > 1:
+        raise ImageError(f"{name}: {len(pages)} pages: only single-page images are restored; "
+                         "pick one with --page (0-based)")
+    if page is not None and page >= len(pages):
+        raise ImageError(f"{name}: page {page} is out of range: the image has {len(pages)} page(s), "
+                         f"numbered from 0")
+    return pages[page or 0]
 
-            array = imagecodecs.png_decode(data)
-            return array.reshape(array.shape[0], array.shape[1], -1)
+
+_NOT_PAGES = {"PSD"}  # Pillow's frames of these formats are layers of the one picture
+_THUMBNAIL_MP_TYPES = ("Large Thumbnail (VGA Equivalent)", "Large Thumbnail (Full HD Equivalent)")
+
+
+def _pillow_pages(image: Image.Image) -> list[int]:
+    """The frames of a Pillow image that are pages: all of them (animated PNG/WebP/GIF, ...),
+    the composite only of a layered PSD, and no camera preview of an MPO (a JPEG's MP
+    "Large Thumbnail" images)."""
+    if image.format in _NOT_PAGES:
+        return [0]
+    count = getattr(image, "n_frames", 1)
+    if image.format == "MPO":
+        entries = getattr(image, "mpinfo", {}).get(0xB002, [])
+        kept = [i for i, e in enumerate(entries[:count]) if e["Attribute"]["MPType"] not in _THUMBNAIL_MP_TYPES]
+        return kept or [0]
+    return list(range(count))
+
+
+# -----------------------------------------------------------------------------
+# 16-bit colour PNG: imagecodecs
+
+
+def _deep_png(data: bytes, image: Image.Image, frame: int, name: str) -> np.ndarray | None:
+    """HxWxC uint16 pixels of a 16-bit colour (or gray + alpha) PNG, which Pillow would read at
+    8 bits; None for every other file (Pillow decodes those)."""
+    if image.format != "PNG" or len(data) <= 25 or data[12:16] != b"IHDR":
         return None
-    if fmt != "TIFF":
+    bit_depth, colour_type = data[24], data[25]
+    if bit_depth != 16 or colour_type not in (2, 4, 6):  # RGB, gray + alpha, RGBA
         return None
-    tags = getattr(image, "tag_v2", {})
-    bits, samples = tags.get(258, (8,)), tags.get(277, 1)
-    bits = bits if isinstance(bits, tuple) else (bits,)
-    if tags.get(339) in (3, (3,), (3,) * samples) and samples > 1:
-        raise ImageError(f"{name}: 32-bit float images have no defined range")
-    if samples < 2 or 16 not in bits:
-        return None
+    if frame:
+        raise ImageError(f"{name}: frame {frame} of an animated 16-bit PNG cannot be read at 16 bits")
+    import imagecodecs
+
+    array = imagecodecs.png_decode(data)  # the default image
+    return array.reshape(array.shape[0], array.shape[1], -1)
+
+
+# -----------------------------------------------------------------------------
+# TIFF: pages and 16-bit colour or gray + alpha through tifffile
+
+_TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # classic and BigTIFF, either byte order
+_NOT_A_PAGE = 1 | 4  # NewSubfileType bits: a reduced-resolution image (thumbnail), a transparency mask
+_ASSOCIATED_ALPHA = 1  # ExtraSamples: associated (premultiplied) alpha; 2 is unassociated
+
+
+def _choose_tiff_page(data: bytes, name: str, page: int | None) -> tuple[int, bool] | None:
+    """(IFD index, deep) of the TIFF page to read, deep when it is 16-bit with 2 or more samples
+    (tifffile reads it: Pillow refuses gray + alpha and reads colour at 8 bits); None when tifffile
+    cannot parse the file (Pillow tries it and words the error).
+
+    The pages are tifffile's `pages` (the top-level IFDs, the next-IFD chain Pillow's frames follow;
+    SubIFDs are not among them) less the reduced-resolution and transparency-mask subfiles.
+    tifffile's `series` is not used: it groups same-shaped pages into one array, and counts a
+    reduced IFD as a pyramid level of its page.
+    """
     import tifffile
 
     try:
         with tifffile.TiffFile(io.BytesIO(data)) as tif:
-            page = tif.pages[0]
+            ifds = [(p.dtype, p.samplesperpixel, p.subfiletype) for p in tif.pages]
+    except Exception:  # noqa: BLE001  (not a TIFF tifffile can parse: Pillow's reading and message stand)
+        return None
+    pages = [i for i, (_, _, kind) in enumerate(ifds) if not kind & _NOT_A_PAGE] or list(range(len(ifds)))
+    index = _pick_page(pages, page, name)
+    dtype, samples, _ = ifds[index]
+    if dtype is not None and dtype.kind == "f":
+        raise ImageError(f"{name}: {dtype.itemsize * 8}-bit float images have no defined range")
+    return index, dtype == np.uint16 and samples >= 2
+
+
+def _deep_tiff_picture(data: bytes, index: int, name: str, max_pixels: int | None) -> Picture:
+    """The 16-bit Picture of IFD `index` (16-bit gray + alpha, RGB or RGBA; contiguous or planar),
+    upright, with its metadata. Associated (premultiplied) alpha is undone: the pixels are straight
+    colour (`_unpremultiply`)."""
+    import tifffile
+
+    with tifffile.TiffFile(io.BytesIO(data)) as tif:
+        page = tif.pages[index]
+        _check_size(page.imagewidth, page.imagelength, name, max_pixels)
+        _check_bomb(page.imagewidth, page.imagelength, name)
+        photometric, samples = page.photometric, page.samplesperpixel
+        if (photometric, samples) not in ((tifffile.PHOTOMETRIC.MINISBLACK, 2), (tifffile.PHOTOMETRIC.RGB, 3),
+                                          (tifffile.PHOTOMETRIC.RGB, 4)):
+            raise ImageError(f"{name}: a 16-bit {photometric.name} TIFF with {samples} samples is not read "
+                             "(16-bit gray + alpha, RGB and RGBA are)")
+        try:
             array = page.asarray()
-            separate = page.planarconfig == tifffile.PLANARCONFIG.SEPARATE
-    except (tifffile.TiffFileError, ValueError, OSError, EOFError, struct.error) as exc:
-        raise ImageError(f"{name}: truncated or corrupt TIFF data: {exc}") from exc
-    if separate and array.ndim == 3:
-        array = array.transpose(1, 2, 0)
-    if array.dtype != np.uint16 or array.ndim != 3 or array.shape[2] not in (2, 3, 4):
-        raise ImageError(f"{name}: a {array.dtype} TIFF of shape {list(array.shape)} is not 16-bit gray + alpha, "
-                         "RGB or RGBA")
+        except Exception as exc:  # noqa: BLE001  (tifffile and its codecs raise many kinds)
+            raise ImageError(f"{name}: truncated or corrupt TIFF data: {exc}") from exc
+        if page.planarconfig == tifffile.PLANARCONFIG.SEPARATE and array.ndim == 3:
+            array = array.transpose(1, 2, 0)  # (S, H, W) -> (H, W, S)
+        if array.dtype != np.uint16 or array.shape != (page.imagelength, page.imagewidth, samples):
+            raise ImageError(f"{name}: a {array.dtype} TIFF page of shape {list(array.shape)} is not "
+                             f"{page.imagelength}x{page.imagewidth} 16-bit pixels of {samples} samples")
+        if samples in (2, 4) and page.extrasamples[:1] == (_ASSOCIATED_ALPHA,):
+            array = _unpremultiply(array)
+        metadata = read_metadata(_TiffTags(data, page.offset, tif.byteorder, tif.is_bigtiff), data)
+        orientation = page.tags.valueof(ORIENTATION, 1)
+    return _deep_picture(_orient(array, orientation), metadata, name)
+
+
+def _check_bomb(width: int, height: int, name: str) -> None:
+    """Pillow's decompression-bomb limit (twice `Image.MAX_IMAGE_PIXELS`), for files Pillow does not open."""
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit and width * height > 2 * limit:
+        raise ImageError(f"{name}: refused as a possible decompression bomb: {width}x{height} = "
+                         f"{width * height} pixels exceeds twice Pillow's MAX_IMAGE_PIXELS={limit}")
+
+
+def _unpremultiply(array: np.ndarray) -> np.ndarray:
+    """HxWxC uint16, colour premultiplied by alpha (the last channel) -> straight colour, in place:
+    round(colour * 65535 / alpha), at most 65535; where alpha is 0 the colour stays as stored (0 in a
+    well-formed file)."""
+    alpha = array[:, :, -1].astype(np.uint64)
+    divisor = np.maximum(alpha, 1)
+    for c in range(array.shape[2] - 1):
+        straight = (array[:, :, c].astype(np.uint64) * 65535 + divisor // 2) // divisor  # rounded integer division
+        array[:, :, c] = np.where(alpha > 0, np.minimum(straight, 65535), array[:, :, c])
     return array
 
 
-def _refuse_float_tiff(data: bytes, name: str) -> None:
-    """ImageError naming a floating-point TIFF (Pillow cannot identify colour ones), else nothing."""
-    if data[:4] not in (b"II*\x00", b"MM\x00*"):
-        return
-    import tifffile
+class _TiffTags:
+    """What `read_metadata` reads of a Pillow TIFF image (format, info, getexif, tag_v2), for an
+    IFD Pillow cannot open (16-bit gray + alpha): its tags through Pillow's own EXIF reader, and
+    `info`'s ICC profile, XMP and dpi set as Pillow's TIFF reader sets them."""
 
-    try:
-        with tifffile.TiffFile(io.BytesIO(data)) as tif:
-            dtype = tif.pages[0].dtype
-    except Exception:  # noqa: BLE001  (not a readable TIFF either: the caller's message stands)
-        return
-    if dtype is not None and dtype.kind == "f":
-        raise ImageError(f"{name}: {dtype.itemsize * 8}-bit float images have no defined range")
+    format = "TIFF"
+
+    def __init__(self, data: bytes, offset: int, byteorder: str, bigtiff: bool):
+        self.tag_v2 = Image.Exif()
+        self.tag_v2.endian, self.tag_v2.bigtiff = byteorder, bigtiff
+        self.tag_v2.load_from_fp(io.BytesIO(data), offset)
+        tags = self.tag_v2
+        self.info = {}
+        if tags.get(34675):
+            self.info["icc_profile"] = tags[34675]
+        if tags.get(700):
+            self.info["xmp"] = tags[700]
+        xres, yres, unit = tags.get(282, 1), tags.get(283, 1), tags.get(296)
+        if xres and yres and unit in (None, 2, 3):  # none (read as inch), inch, centimetre
+            scale = 2.54 if unit == 3 else 1
+            self.info["dpi"] = (xres * scale, yres * scale)
+
+    def getexif(self) -> Image.Exif:
+        return self.tag_v2
 
 
 # EXIF orientation -> the numpy operation that makes HxWxC pixels upright (as ImageOps.exif_transpose)
