@@ -17,6 +17,7 @@ import os
 import posixpath
 import random
 import re
+import stat
 import time
 import traceback
 import uuid
@@ -38,6 +39,8 @@ _TRANSIENT_TYPES = (  # refused, reset, timed out, cut off: as the OS, fsspec, a
     aiohttp.ClientPayloadError, botocore.exceptions.ConnectionError, botocore.exceptions.HTTPClientError,
     botocore.exceptions.IncompleteReadError,
 )  # fmt: skip
+_NO_CREDENTIALS = (botocore.exceptions.NoCredentialsError, botocore.exceptions.PartialCredentialsError,
+                   botocore.exceptions.CredentialRetrievalError)
 _TRANSIENT_CODES = {"InternalError", "ServiceUnavailable", "SlowDown", "RequestTimeout", "Throttling"}
 _SECRET_NAME = re.compile(r"key|secret|token|password|credential", re.IGNORECASE)
 T = TypeVar("T")
@@ -99,6 +102,11 @@ def _retrying(op: str, url: str, options: dict | None, retry_s: float, fn: Calla
                 f"{where}: object store unreachable, gave up after {attempt} attempts in {elapsed:.0f} s"
                 f" (retry budget {retry_s:g} s): {detail}"
             )
+        elif isinstance(error, _NO_CREDENTIALS) or isinstance(error.__cause__, _NO_CREDENTIALS):
+            failure = PermissionError(
+                f"{where}: no credentials ({detail}); give them as storage_options 'key'/'secret' or "
+                "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY (or AWS_PROFILE)"
+            )
         elif isinstance(error, PermissionError):
             failure = PermissionError(
                 f"{where}: access denied ({detail}); check the credentials (storage_options"
@@ -119,9 +127,61 @@ def filesystem(url: str, storage_options: dict | None = None) -> tuple[fsspec.Ab
     return fsspec.core.url_to_fs(url, **(storage_options or {}))
 
 
-def read_bytes(url: str, storage_options: dict | None = None, *, retry_s: float = RETRY_S) -> bytes:
+class ReadTooSlow(RuntimeError):
+    """A read still going at its deadline (``read_bytes(deadline=...)``)."""
+
+
+READ_CHUNK = 16 * 2**20  # a local file is read in pieces of this many bytes, the deadline checked between
+
+
+def read_bytes(url: str, storage_options: dict | None = None, *, retry_s: float = RETRY_S,
+               max_bytes: int | None = None, deadline: float | None = None) -> bytes:
+    """The bytes of one file or object. Only a regular file is read from a local disk: a FIFO, a
+    device (``/dev/zero``) or a socket never ends, and is refused (ValueError naming what it is).
+    ``max_bytes``: a larger file or object is refused (ValueError) without being read whole.
+    ``deadline`` (``time.monotonic()`` seconds): a local read still going then raises ``ReadTooSlow``."""
     fs, path = filesystem(url, storage_options)
-    return _retrying("read", url, storage_options, retry_s, lambda: fs.cat_file(path))
+    if isinstance(fs, LocalFileSystem):
+        return _read_local(url, path, max_bytes, deadline)
+    end = None if max_bytes is None else max_bytes + 1  # one ranged GET: a byte more than allowed tells
+    try:
+        data = _retrying("read", url, storage_options, retry_s, lambda: fs.cat_file(path, start=0 if end else None,
+                                                                                        end=end))
+    except OSError as error:
+        response = getattr(error.__cause__, "response", None) or {}
+        if response.get("Error", {}).get("Code") != "InvalidRange":
+            raise
+        data = b""  # a range of an empty object is not satisfiable (416): the object is empty
+    if max_bytes is not None and len(data) > max_bytes:
+        raise ValueError(f"{url}: more than {max_bytes} bytes, the most an input may have (--max-pixels)")
+    return data
+
+
+def _read_local(url: str, path: str, max_bytes: int | None, deadline: float | None) -> bytes:
+    """``read_bytes`` of a local path: a regular file, at most ``max_bytes``, in chunks until ``deadline``."""
+    try:
+        mode = os.stat(path).st_mode  # follows links: what would be read
+    except FileNotFoundError:
+        raise FileNotFoundError(f"read {url}: no such file") from None
+    kinds = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+             (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a folder"))
+    kind = next((name for test, name in kinds if test(mode)), None)
+    if kind is not None or not stat.S_ISREG(mode):
+        raise ValueError(f"{url} is {kind or 'not a regular file'}: only regular files and object-store objects "
+                         "are read")
+    chunks, size = [], 0
+    with open(path, "rb") as f:
+        if max_bytes is not None and os.fstat(f.fileno()).st_size > max_bytes:
+            raise ValueError(f"{url}: {os.fstat(f.fileno()).st_size} bytes, more than the {max_bytes} an input may "
+                             "have (--max-pixels)")
+        while chunk := f.read(READ_CHUNK):
+            chunks.append(chunk)
+            size += len(chunk)
+            if max_bytes is not None and size > max_bytes:  # it grew while read
+                raise ValueError(f"{url}: more than {max_bytes} bytes, the most an input may have (--max-pixels)")
+            if deadline is not None and time.monotonic() > deadline:
+                raise ReadTooSlow(f"{url}: still reading after the time limit ({size} bytes read)")
+    return b"".join(chunks)
 
 
 def write_bytes(url: str, data: bytes, storage_options: dict | None = None, *, retry_s: float = RETRY_S) -> None:
@@ -167,6 +227,42 @@ def check_writable(url: str, storage_options: dict | None = None, *, folder: boo
         raise ValueError(f"cannot write {url}: {target} is not writable")
 
 
+def probe(folder: str, storage_options: dict | None = None, *, retry_s: float = RETRY_S) -> None:
+    """Write and delete a small object under ``folder``: ValueError naming the folder and the reason
+    when that fails (a folder that is a file, not writable, a bucket that refuses writes). A folder
+    the probe made on a local disk goes again with it."""
+    fs, path = filesystem(folder, storage_options)
+    key = join(folder, f"_probe-{uuid.uuid4().hex}")
+    try:
+        if isinstance(fs, LocalFileSystem):
+            made = []  # the folders the probe makes, deepest first
+            folder_path = os.path.abspath(path)
+            while not os.path.exists(folder_path):
+                made.append(folder_path)
+                folder_path = os.path.dirname(folder_path)
+            os.makedirs(path, exist_ok=True)
+            _write_local(filesystem(key, storage_options)[1], b"probe")
+            os.remove(filesystem(key, storage_options)[1])
+            for made_folder in made:
+                os.rmdir(made_folder)
+            return
+        write_bytes(key, b"probe", storage_options, retry_s=retry_s)
+        _retrying("delete", key, storage_options, retry_s, lambda: fs.rm_file(filesystem(key, storage_options)[1]))
+    except OSError as error:
+        reason = error.strerror if isinstance(fs, LocalFileSystem) and error.strerror else str(error)
+        raise ValueError(f"cannot write under {folder}: {reason}") from None
+
+
+def same_place(a: str, b: str, storage_options: dict | None = None) -> bool:
+    """Whether two URLs name one file: on a local disk after resolving '.', '..' and symbolic links
+    (``x.png``, ``./x.png`` and a link to it are one), elsewhere as the filesystem writes them."""
+    fs_a, path_a = filesystem(a, storage_options)
+    fs_b, path_b = filesystem(b, storage_options)
+    if isinstance(fs_a, LocalFileSystem) and isinstance(fs_b, LocalFileSystem):
+        return os.path.realpath(path_a) == os.path.realpath(path_b)
+    return type(fs_a) is type(fs_b) and fs_a.unstrip_protocol(path_a) == fs_b.unstrip_protocol(path_b)
+
+
 def write_json(url: str, value, storage_options: dict | None = None, *, retry_s: float = RETRY_S) -> None:
     data = json.dumps(value, indent=2, sort_keys=True, default=str).encode()
     write_bytes(url, data, storage_options, retry_s=retry_s)
@@ -198,7 +294,13 @@ def list_files(url_or_glob: str, storage_options: dict | None = None, *, retry_s
         return [name for name, info in fs.find(path, detail=True).items() if info.get("type") != "directory"]
 
     for p in sorted(_retrying("list", url_or_glob, storage_options, retry_s, listing)):
-        yield fs.unstrip_protocol(p) if not isinstance(fs, LocalFileSystem) else p
+        yield p if isinstance(fs, LocalFileSystem) else fs.unstrip_protocol(p)
+
+
+def canonical(url: str, storage_options: dict | None = None) -> str:
+    """``url`` as listings name files: an absolute path on a local disk, a full URL elsewhere."""
+    fs, path = filesystem(url, storage_options)
+    return path if isinstance(fs, LocalFileSystem) else fs.unstrip_protocol(path)
 
 
 def list_dir(url: str, storage_options: dict | None = None, *, retry_s: float = RETRY_S) -> list[tuple[str, bool]]:
@@ -259,16 +361,40 @@ def retrying(op: str, url: str, fn: Callable[[], T], storage_options: dict | Non
 
 
 _KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
+_NAME_RULE = "use 1-200 letters, digits, '.', '_' or '-' (not starting with '.', '_' or '-')"
+_PART = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,254}$")  # one name of a path under an output
+
+
+def check_name(value: str, what: str) -> str:
+    """``value`` when it is usable as one storage key part: letters, digits, '.', '_', '-' (not
+    first), at most 200 characters, never '.' or '..'. Anything else raises ValueError naming
+    ``what`` and the value; names are never silently rewritten, so two can't collide."""
+    if not isinstance(value, str) or not _KEY.fullmatch(value) or value in (".", ".."):
+        shown = repr(value) if len(str(value)) <= 60 else repr(str(value)[:60]) + "..."
+        raise ValueError(f"{what} {shown} is not usable as a storage key: {_NAME_RULE}")
+    return value
 
 
 def safe_key(image_id: str) -> str:
-    """The one way an image id becomes a storage key: letters, digits, '.', '_', '-' (not
-    first), at most 200 characters, and never '.' or '..'. Anything else raises ValueError
-    naming the id; ids are never silently rewritten, so two ids can't collide."""
-    if not isinstance(image_id, str) or not _KEY.fullmatch(image_id) or image_id in (".", ".."):
-        shown = repr(image_id) if len(str(image_id)) <= 60 else repr(str(image_id)[:60]) + "..."
-        raise ValueError(
-            f"image_id {shown} is not usable as a storage key: use 1-200 letters, digits, '.', '_' or '-'"
-            " (not starting with '.', '_' or '-')"
-        )
-    return image_id
+    """The one way an image id becomes a storage key (``check_name``)."""
+    return check_name(image_id, "image_id")
+
+
+def under(output: str, *parts: str, storage_options: dict | None = None) -> str:
+    """The URL of ``parts`` below ``output``: the one way a run builds a path it writes, reads back or
+    deletes. Each part is one name (letters, digits, '.', '_', '-', not starting with '.' or '-': no
+    '/', no '..'); on a local disk the path, its
+    symbolic links resolved, must stay inside the output's own real path (a link to elsewhere is
+    refused, naming where it leads). ValueError otherwise; nothing outside an output is touched."""
+    for part in parts:
+        if not isinstance(part, str) or not _PART.fullmatch(part):
+            raise ValueError(f"{part!r} is not one name under the output {output}: use letters, digits, '.', '_' "
+                             "or '-', no '/' and no '..'")
+    url = join(output, *parts)
+    fs, path = filesystem(url, storage_options)
+    if isinstance(fs, LocalFileSystem):
+        base = os.path.realpath(filesystem(output, storage_options)[1])
+        real = os.path.realpath(path)
+        if real != base and not real.startswith(base.rstrip(os.sep) + os.sep):
+            raise ValueError(f"refusing {url}: it resolves to {real}, outside the output {base} (a symbolic link?)")
+    return url

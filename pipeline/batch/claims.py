@@ -33,15 +33,16 @@ class FitLost(RuntimeError):
     """An image whose fit was started ``max_fit_attempts`` times in a run, its worker lost each time."""
 
 
-def folder(output: str, run_id: str, image_id: str, config_hash: str) -> str:
+def folder(output: str, run_id: str, image_id: str, config_hash: str, storage_options: dict | None = None) -> str:
     """The claims of one image and configuration in one run."""
-    return storage.join(output, FOLDER, run_id, storage.safe_key(image_id), config_hash)
+    return storage.under(output, FOLDER, run_id, storage.safe_key(image_id), config_hash,
+                         storage_options=storage_options)
 
 
 def earlier(output: str, run_id: str, image_id: str, config_hash: str,
             storage_options: dict | None = None) -> list[str]:
     """The writers of this run's earlier starts of the image's fit, one per start (one listing)."""
-    urls = storage.list_files(folder(output, run_id, image_id, config_hash), storage_options)
+    urls = storage.list_files(folder(output, run_id, image_id, config_hash, storage_options), storage_options)
     return [url.rsplit("/", 1)[-1].split("-", 1)[0] for url in urls]
 
 
@@ -50,7 +51,8 @@ def claim(output: str, run_id: str, image_id: str, config_hash: str, storage_opt
     """Write one claim: a start of the image's fit by ``writer`` (a shard writer's id), on ``node``."""
     if not writer.isalnum():
         raise ValueError(f"a claim's writer id must be letters and digits, got {writer!r}")
-    url = storage.join(folder(output, run_id, image_id, config_hash), f"{writer}-{uuid.uuid4().hex[:8]}.json")
+    url = storage.under(folder(output, run_id, image_id, config_hash, storage_options),
+                        f"{writer}-{uuid.uuid4().hex[:8]}.json", storage_options=storage_options)
     storage.write_json(url, {"run_id": run_id, "image_id": image_id, "config_hash": config_hash, "writer": writer,
                              "node": node, "host": socket.gethostname(), "pid": os.getpid(),
                              "started_at": started_at}, storage_options)
@@ -66,12 +68,12 @@ def check(image_id: str, lost: int, max_fit_attempts: int) -> None:
 
 def read(output: str, run_id: str, storage_options: dict | None = None) -> list[dict]:
     """Every claim of a run (for tests and post-mortems: one listing and one read per claim)."""
-    urls = storage.list_files(storage.join(output, FOLDER, run_id), storage_options)
+    urls = storage.list_files(storage.under(output, FOLDER, run_id, storage_options=storage_options), storage_options)
     return [json.loads(storage.read_bytes(url, storage_options)) for url in urls]
 
 
 def remove(output: str, run_id: str, storage_options: dict | None = None) -> None:
     """Delete a run's claims (at its end), and on a local disk the folders they leave empty."""
-    claimed = storage.join(output, FOLDER, run_id)
+    claimed = storage.under(output, FOLDER, run_id, storage_options=storage_options)
     storage.delete(list(storage.list_files(claimed, storage_options)), storage_options,
-                   below=storage.join(output, FOLDER))
+                   below=storage.under(output, FOLDER, storage_options=storage_options))

@@ -61,8 +61,10 @@ def compact(output: str, storage_options: dict | None = None, *, full: bool = Tr
     # 3. Stream the rows to their files.
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
     every = results.dataset(inputs, storage_options)  # all columns, schemas unified
-    kept = _Sink(storage.join(output, "results"), f"compacted-{stamp}", every.schema, rows_per_file, storage_options)
-    moved = _Sink(storage.join(output, "attempts"), stamp, every.schema, rows_per_file, storage_options)
+    kept = _Sink(storage.under(output, "results", storage_options=storage_options), f"compacted-{stamp}", every.schema,
+                 rows_per_file, storage_options)
+    moved = _Sink(storage.under(output, "attempts", storage_options=storage_options), stamp, every.schema,
+                  rows_per_file, storage_options)
     position = 0
 
     def stream() -> None:
@@ -131,7 +133,8 @@ class _Sink:
         if self.writer is None:
             return
         self.writer.close()
-        url = storage.join(self.prefix, f"{self.stem}-{len(self.urls):04d}.parquet")
+        url = storage.under(self.prefix, f"{self.stem}-{len(self.urls):04d}.parquet",
+                            storage_options=self.storage_options)
         storage.write_bytes(url, self.sink.getvalue().to_pybytes(), self.storage_options)
         self.urls.append(url)
         self.writer, self.sink, self.count = None, None, 0

@@ -25,10 +25,14 @@ RAY_LOGGERS = ("ray", "ray.data", "ray.train", "ray.tune")
 
 def log_path(output: str, run_id: str) -> Path:
     """Where a run's Ray log goes: ``<output>/runs/<run_id>.ray.log`` for a local output, else the
-    temporary folder's ``dip/<run_id>.ray.log`` (object storage takes no appended log)."""
+    temporary folder's ``dip/<run_id>.ray.log`` (object storage takes no appended log). ``run_id`` is
+    a name (``storage.check_name``), never a path."""
+    from .. import storage
+
+    name = f"{storage.check_name(run_id, 'run id')}.ray.log"
     if "://" in output and not output.startswith("file://"):
-        return Path(tempfile.gettempdir()) / "dip" / f"{run_id}.ray.log"
-    return Path(output.removeprefix("file://")) / "runs" / f"{run_id}.ray.log"
+        return Path(tempfile.gettempdir()) / "dip" / name
+    return Path(storage.under(output.removeprefix("file://"), "runs", name))
 
 
 @contextlib.contextmanager

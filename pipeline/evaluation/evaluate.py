@@ -75,7 +75,7 @@ def build_rows(suite: str, data: str, output: str, *, preset: str | None = None,
                 name = posixpath.splitext(url.rstrip("/").rsplit("/", 1)[-1])[0]
                 if suite == "folder":
                     name = row["image_id"]
-                target = storage.join(output, "crops", suite, f"{name}.png")
+                target = storage.under(output, "crops", suite, f"{name}.png", storage_options=storage_options)
                 storage.write_bytes(target, centre_crop(storage.read_bytes(url, storage_options), crop, url),
                                     storage_options)
                 row[column] = target
@@ -179,6 +179,6 @@ def write_manifest(rows: list[dict], output: str, storage_options: dict | None =
     schema = pa.schema([(c, kinds.get(c, pa.string())) for c in COLUMNS])
     sink = pa.BufferOutputStream()
     pq.write_table(pa.Table.from_pylist(rows, schema), sink)
-    url = storage.join(output, MANIFEST_NAME)
+    url = storage.under(output, MANIFEST_NAME, storage_options=storage_options)
     storage.write_bytes(url, sink.getvalue().to_pybytes(), storage_options)
     return url

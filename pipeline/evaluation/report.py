@@ -142,7 +142,7 @@ def write_report(output: str, storage_options: dict | None = None, *, max_images
         files["failures.csv"] = buffer.getvalue()
     written = []
     for name, data in files.items():
-        url = storage.join(output, name)
+        url = storage.under(output, name, storage_options=storage_options)
         storage.write_bytes(url, data, storage_options)
         written.append(url)
     return written
