@@ -15,7 +15,9 @@ written after its image, so an image counts as done only once its row is stored.
 
 from __future__ import annotations
 
+import base64
 import io
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -60,15 +62,57 @@ def schema(columns) -> pa.Schema:
     return pa.schema([(name, COLUMNS[name]) for name in columns])
 
 
-def rows_table(rows: list[dict]) -> pa.Table:
-    """Result rows (``COLUMNS`` plus the manifest's own columns, typed by their values) as a table."""
+def rows_table(rows: list[dict], catalogue: pa.Schema | None = None) -> pa.Table:
+    """Result rows as a table: ``COLUMNS``, then the manifest's own columns, typed as ``catalogue``
+    (the manifest's schema of them) says, else by their values."""
     extra: dict[str, None] = {}
     for row in rows:
         extra.update((name, None) for name in row if name not in COLUMNS)
     columns = {name: pa.array([row.get(name) for row in rows], type=kind) for name, kind in COLUMNS.items()}
     for name in extra:
-        columns[name] = pa.array([row.get(name) for row in rows])
+        kind = catalogue.field(name).type if catalogue is not None and name in catalogue.names else None
+        columns[name] = column([row.get(name) for row in rows], kind)
     return pa.table(columns)
+
+
+def column(values: list, kind: pa.DataType | None) -> pa.Array:
+    """Python values as an Arrow array of type ``kind`` (None: inferred). A catalogue value crosses the
+    plan as JSON (``manifest.json_value``: timestamps and dates as ISO text, decimals as text, bytes as
+    base64): it is cast back to its manifest type here."""
+    if kind is None:
+        return pa.array(values)
+    if pa.types.is_binary(kind) or pa.types.is_large_binary(kind):
+        values = [base64.b64decode(v) if isinstance(v, str) else v for v in values]
+    try:
+        return pa.array(values, type=kind)
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        return pa.array(values).cast(kind)  # ISO text to a timestamp or date, text to a decimal
+
+
+def storable(row: dict, catalogue: pa.Schema | None = None) -> dict:
+    """``row`` when every value fits its column (``COLUMNS``' types; a catalogue column its type in
+    ``catalogue``, else its value's own); else, in its place, an error row naming each value that does
+    not (those set to null), so that one bad value never takes the rows it would be written with."""
+    bad = []
+    for name, value in row.items():
+        kind = COLUMNS.get(name) or (catalogue.field(name).type if catalogue is not None and name in
+                                     catalogue.names else None)
+        try:
+            column([value], kind)
+        except (pa.ArrowException, OverflowError, TypeError, ValueError) as error:
+            bad.append((name, value, error))
+    if not bad:
+        return row
+    shown = "; ".join(f"column {name!r}: {_short(value)} cannot be stored ({type(error).__name__}: {error})"
+                      for name, value, error in bad)
+    fixed = {**row, **{name: None for name, _, _ in bad}, "status": "error", "output_uri": None}
+    fixed["error"] = f"the result row could not be stored: {shown}"[:2000]
+    return fixed
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def table_bytes(table: pa.Table) -> bytes:
@@ -83,33 +127,46 @@ class ShardWriter:
     killed loses only its buffered rows; their images have no row, so a rerun fits them again."""
 
     def __init__(self, output: str, run_id: str, storage_options: dict | None = None, *,
-                 rows: int = SHARD_ROWS, seconds: float = SHARD_SECONDS, writer_id: str | None = None):
+                 rows: int = SHARD_ROWS, seconds: float = SHARD_SECONDS, writer_id: str | None = None,
+                 catalogue: pa.Schema | None = None):
         if rows < 1 or seconds <= 0:
             raise ValueError(f"shard size must be at least 1 row and more than 0 s, got {rows} rows, {seconds} s")
         self.output, self.run_id, self.storage_options = output, run_id, storage_options
-        self.rows, self.seconds = rows, seconds
+        self.rows, self.seconds, self.catalogue = rows, seconds, catalogue
         self.writer_id = writer_id or uuid.uuid4().hex[:8]
         self.sequence, self.buffer, self.oldest = 0, [], None
         self.written = 0  # shards written
 
     def key(self, sequence: int) -> str:
         name = f"shard-{self.run_id}-{self.writer_id}-{sequence:06d}.parquet"
-        return storage.join(self.output, "results", name)
+        return storage.under(self.output, "results", name, storage_options=self.storage_options)
 
     def add(self, row: dict) -> str:
         """Buffer one row (flushing when the shard is full or old enough); returns the shard's URL."""
         url = self.key(self.sequence)
-        self.buffer.append(row)
+        self.buffer.append(storable(row, self.catalogue))
         self.oldest = self.oldest or time.monotonic()
         if len(self.buffer) >= self.rows or time.monotonic() - self.oldest >= self.seconds:
             self.flush()
         return url
 
     def flush(self) -> None:
+        """Write the buffered rows as the next shard (kept buffered, for the next flush, if the write fails)."""
         if not self.buffer:
             return
-        storage.write_bytes(self.key(self.sequence), table_bytes(rows_table(self.buffer)), self.storage_options)
+        storage.write_bytes(self.key(self.sequence), table_bytes(rows_table(self.buffer, self.catalogue)),
+                            self.storage_options)
         self.sequence, self.buffer, self.oldest, self.written = self.sequence + 1, [], None, self.written + 1
+
+    def flush_at_exit(self) -> None:
+        """``flush`` where nobody can catch its error (a worker's exit): a failure is said on stderr, in
+        the worker's log, naming the rows left unstored (their images are fitted again by a rerun)."""
+        try:
+            self.flush()
+        except Exception as error:  # noqa: BLE001  (nothing above this to tell: say it in the log)
+            ids = ", ".join(str(row.get("image_id")) for row in self.buffer[:10])
+            print(f"dip: {len(self.buffer)} result row(s) of run {self.run_id} could not be stored ({ids}): "
+                  f"{type(error).__name__}: {error}", file=sys.stderr, flush=True)
 
 
 def writer_rows(output: str, run_id: str, writer_id: str, columns, storage_options: dict | None = None) -> dict:
@@ -118,7 +175,9 @@ def writer_rows(output: str, run_id: str, writer_id: str, columns, storage_optio
     What a lost actor recorded before it died, for the actor that takes over its batch."""
     columns = list(dict.fromkeys(["image_id", "config_hash", *columns]))
     rows = {}
-    for url in storage.list_files(storage.join(output, "results", f"shard-{run_id}-{writer_id}-*.parquet"),
+    prefix = storage.under(output, "results", storage_options=storage_options)
+    for url in storage.list_files(storage.join(prefix, f"shard-{storage.check_name(run_id, 'run id')}-"
+                                               f"{storage.check_name(writer_id, 'writer id')}-*.parquet"),
                                   storage_options):
         table = pq.read_table(pa.BufferReader(storage.read_bytes(url, storage_options)), columns=columns)
         rows.update(((row["image_id"], row["config_hash"]), {**row, "shard": url}) for row in table.to_pylist())
@@ -140,7 +199,7 @@ class Files:
 def list_files(output: str, storage_options: dict | None = None) -> Files:
     """The result files, from one listing of ``results/`` (and, only where the earlier per-image
     layout left folders, a recursive listing)."""
-    prefix = storage.join(output, "results")
+    prefix = storage.under(output, "results", storage_options=storage_options)
     entries = storage.list_dir(prefix, storage_options)
     tables = [u for u, folder in entries if not folder and is_table(u)]
     legacy = []
@@ -175,12 +234,53 @@ def dataset(urls: list[str], storage_options: dict | None = None, columns=None) 
     if columns is None:
         found = storage.retrying("read", urls[0], lambda: [pq.read_schema(p, filesystem=fs) for p in paths],
                                  storage_options)
-        wanted = pa.unify_schemas(found, promote_options="permissive")
         known = [pa.field(n, k) for n, k in COLUMNS.items()]
-        wanted = pa.schema(known + [f for f in wanted if f.name not in COLUMNS])
+        wanted = pa.schema(known + [f for f in catalogue_schema(found) if f.name not in COLUMNS])
     else:
         wanted = columns if isinstance(columns, pa.Schema) else schema(columns)
     return pads.dataset(paths, schema=wanted, format="parquet", filesystem=fs)
+
+
+def catalogue_schema(schemas: list[pa.Schema]) -> pa.Schema:
+    """The carried catalogue columns of result files with these schemas, unified: a column whose
+    type changed between runs is promoted where Arrow can (int32 and int64, a type and null), else
+    read as text (``year`` int64 in one run, string in the next: both as text)."""
+    fields: dict[str, list[pa.DataType]] = {}
+    for one in schemas:
+        for f in one:
+            if f.name not in COLUMNS:
+                fields.setdefault(f.name, []).append(f.type)
+    unified = []
+    for name, kinds in fields.items():
+        try:
+            unified.append(pa.unify_schemas([pa.schema([(name, k)]) for k in kinds],
+                                            promote_options="permissive").field(name))
+        except (pa.ArrowInvalid, pa.ArrowTypeError):
+            unified.append(pa.field(name, pa.string()))
+    return pa.schema(unified)
+
+
+def catalogue_conflicts(output: str, catalogue: pa.Schema, storage_options: dict | None = None) -> list[str]:
+    """The manifest's catalogue columns whose type cannot be read together with the one the results
+    under ``output`` already hold (one schema read per result file): a message per column."""
+    files = list_files(output, storage_options).all
+    if not files or not len(catalogue):
+        return []
+    fs, _ = storage.arrow_filesystem(files[0], storage_options)
+    paths = [storage.filesystem(u, storage_options)[1] for u in files]
+    stored = catalogue_schema(storage.retrying(
+        "read", output, lambda: [pq.read_schema(p, filesystem=fs) for p in paths], storage_options))
+    conflicts = []
+    for f in catalogue:
+        if f.name not in stored.names:
+            continue
+        earlier = stored.field(f.name).type
+        try:
+            pa.unify_schemas([pa.schema([(f.name, earlier)]), pa.schema([f])], promote_options="permissive")
+        except (pa.ArrowInvalid, pa.ArrowTypeError):
+            conflicts.append(f"column {f.name!r} is {f.type} in the manifest but {earlier} in the results already "
+                             f"under {output}")
+    return conflicts
 
 
 def batches(data: pads.Dataset, batch_size: int = ROW_GROUP) -> Iterator[pa.RecordBatch]:

@@ -17,6 +17,8 @@ from functools import lru_cache
 from .config import WARM_STARTS, stable_dict
 from .presets import PRESET_NAMES, TASKS, Preset, get_preset
 
+SEED_MAX = 2**63 - 1  # seeds are stored as int64 (the results table's seed column)
+
 
 def option(default, help: str, kind: type, *, nullable: bool | None = None, flag: str | None = None,
            choices: tuple[str, ...] | None = None, low: float | None = None, high: float | None = None,
@@ -52,7 +54,7 @@ class Options:
                                    "image). Default: discrepancy for denoise and archive, wmv otherwise.", str,
                                    choices=("wmv", "discrepancy"))
     seed: int = option(0, "Seed of the network, its input and the jitter (dip run: the base seed; per-image "
-                       "seeds derive from it and the image id).", int)
+                       "seeds derive from it and the image id).", int, low=0, high=SEED_MAX)
     device: str = option("cpu", "auto, cpu, cuda, cuda:1, ... (auto: CUDA when available).", str, cli_default="auto")
     arch: str = option("alexnet", "Feature inversion: the network, alexnet, vgg16 or vgg19.", str)
     layer: str = option("conv5", "Feature inversion: the layer to invert (e.g. conv5, fc6).", str)
@@ -162,8 +164,11 @@ def check_value(f, value) -> None:
 
 
 def _range(meta: dict) -> str:
-    low = "" if meta["low"] is None else f"{'>' if meta['low_open'] else '>='} {meta['low']:g}"
-    high = "" if meta["high"] is None else f"<= {meta['high']:g}"
+    def shown(bound) -> str:
+        return str(bound) if isinstance(bound, int) else f"{bound:g}"
+
+    low = "" if meta["low"] is None else f"{'>' if meta['low_open'] else '>='} {shown(meta['low'])}"
+    high = "" if meta["high"] is None else f"<= {shown(meta['high'])}"
     return " and ".join(part for part in (low, high) if part)
 
 
