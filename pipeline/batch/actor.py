@@ -63,7 +63,8 @@ class FitActor:
 
     def __init__(self, output: str, run_id: str, storage_options: dict, max_pixels: int, threads: int,
                  output_format: str = "same", shard_rows: int = results.SHARD_ROWS,
-                 shard_seconds: float = results.SHARD_SECONDS, max_fit_attempts: int = MAX_FIT_ATTEMPTS):
+                 shard_seconds: float = results.SHARD_SECONDS, max_fit_attempts: int = MAX_FIT_ATTEMPTS,
+                 catalogue=None):
         import torch
 
         torch.set_num_threads(max(1, threads))
@@ -72,16 +73,17 @@ class FitActor:
         self.node = _node_id()
         self.earlier_rows: dict[str, dict] = {}  # per earlier writer of this run: the rows it stored
         self.warm_files: dict[str, bytes] = {}  # collections' warm-start weights, by URL
-        self.shards = results.ShardWriter(output, run_id, storage_options, rows=shard_rows, seconds=shard_seconds)
+        self.shards = results.ShardWriter(output, run_id, storage_options, rows=shard_rows, seconds=shard_seconds,
+                                          catalogue=catalogue)
         # Also at the worker's exit: __del__ does not run while a reference cycle holds the actor
         # (seen: a run's last rows never written, the driver waiting for their shard).
-        atexit.register(self.shards.flush)
+        atexit.register(self.shards.flush_at_exit)
 
     def __del__(self):
         """Ray Data ends the actor when the dataset is done: write the rows still buffered."""
         shards = getattr(self, "shards", None)
         if shards is not None:
-            shards.flush()
+            shards.flush_at_exit()
 
     def __call__(self, batch: dict) -> dict:
         from ..core.packed import pack_key
@@ -162,16 +164,31 @@ class FitActor:
                             channels=item.loaded.observed.channels, name=f"warm-start weights {url}")
 
     def load(self, item: _Item) -> Inputs:
-        """The images of one row, decoded (and degraded, for evaluations), as ``restore`` takes them."""
+        """The images of one row, decoded (and degraded, for evaluations), as ``restore`` takes them.
+        The row's time limit covers the reading: the fit gets what is left of it."""
+        from ..core.fit import FitTimeout
         from .inputs import load_inputs
 
         job, options = item.job, item.options
         item.row["preset"] = options.resolve().name
-        return load_inputs(job.uri, mask_uri=job.mask_uri, reference_uri=job.reference_uri, guide_uri=job.guide_uri,
-                           degradation=job.degradation,
-                           seed=options.seed if job.degradation_seed is None else job.degradation_seed,
-                           storage_options=self.storage_options,
-                           max_pixels=self.max_pixels)
+        started = time.monotonic()
+        deadline = None if options.time_limit_s is None else started + options.time_limit_s
+        try:
+            inputs = load_inputs(job.uri, mask_uri=job.mask_uri, reference_uri=job.reference_uri,
+                                 guide_uri=job.guide_uri, degradation=job.degradation,
+                                 seed=options.seed if job.degradation_seed is None else job.degradation_seed,
+                                 storage_options=self.storage_options, max_pixels=self.max_pixels, page=job.page,
+                                 deadline=deadline)
+        except storage.ReadTooSlow as error:
+            raise FitTimeout(f"reading the inputs ran past the time limit of {options.time_limit_s:g} s: "
+                             f"{error}") from None
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise FitTimeout(f"reading the inputs took {time.monotonic() - started:.1f} s, past the time limit "
+                                 f"of {options.time_limit_s:g} s")
+            item.options = replace(options, time_limit_s=left)
+        return inputs
 
     def fit(self, group: list[_Item]) -> None:
         """Fit a group (packed when it has several images), then write each image's outputs."""
@@ -210,14 +227,14 @@ class FitActor:
 
             try:
                 fmt = batch_format(self.output_format, restored.picture.metadata.format)
-                url = storage.join(self.output, "restored", f"{storage.safe_key(job.image_id)}{SUFFIX[fmt]}")
+                url = self.under("restored", f"{storage.safe_key(job.image_id)}{SUFFIX[fmt]}")
                 storage.write_bytes(url, _encode(restored, fmt, item), self.storage_options)
                 if restored.mask is not None:
-                    mask_url = storage.join(self.output, "masks", f"{storage.safe_key(job.image_id)}.png")
+                    mask_url = self.under("masks", f"{storage.safe_key(job.image_id)}.png")
                     storage.write_bytes(mask_url, encode(restored.mask, "png"), self.storage_options)
                     row["mask_output_uri"] = mask_url
                 if job.degradation:
-                    degraded_url = storage.join(self.output, "degraded", f"{storage.safe_key(job.image_id)}.png")
+                    degraded_url = self.under("degraded", f"{storage.safe_key(job.image_id)}.png")
                     storage.write_bytes(degraded_url, encode(item.loaded.observed, "png"), self.storage_options)
                     row["degraded_uri"] = degraded_url
                 row.update(item.loaded.truth_scores(restored.mask))
@@ -234,6 +251,9 @@ class FitActor:
         row.setdefault("seconds", time.perf_counter() - item.clock)
         extra = {name: value for name, value in job.extra.items() if name not in results.COLUMNS}
         row["shard"] = self.shards.add({**extra, **row})
+
+    def under(self, *parts: str) -> str:
+        return storage.under(self.output, *parts, storage_options=self.storage_options)
 
     @staticmethod
     def out_row(item: _Item) -> dict:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .. import storage
-from ..core.formats import DEFAULT_MAX_PIXELS
+from ..core.formats import DEFAULT_MAX_PIXELS, max_input_bytes
 from ..core.images import Picture, decode
 from ..core.synthetic import synthesize
 
@@ -44,23 +44,27 @@ class Inputs:
 
 
 def read_picture(url: str, storage_options: dict | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS,
-                 page: int | None = None) -> Picture:
+                 page: int | None = None, deadline: float | None = None) -> Picture:
     """Read and decode an image (``pipeline.core.images.Picture``); errors name the URL. ``page``
-    (0-based) picks one page of a multi-page file, which is refused without it."""
-    return decode(storage.read_bytes(url, storage_options), name=url, max_pixels=max_pixels, page=page)
+    (0-based) picks one page of a multi-page file, which is refused without it. Only a regular file
+    or an object of at most ``max_input_bytes(max_pixels)`` is read; ``deadline`` (monotonic seconds)
+    bounds the read (``storage.read_bytes``)."""
+    data = storage.read_bytes(url, storage_options, max_bytes=max_input_bytes(max_pixels), deadline=deadline)
+    return decode(data, name=url, max_pixels=max_pixels, page=page)
 
 
 def load_inputs(uri: str, *, mask_uri: str | None = None, reference_uri: str | None = None,
                 guide_uri: str | None = None, degradation: str | None = None, seed: int = 0,
                 storage_options: dict | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS,
-                page: int | None = None) -> Inputs:
+                page: int | None = None, deadline: float | None = None) -> Inputs:
     """The pictures a row names, decoded. With ``degradation`` (``noise:25``, ``downsample:4``,
     ``mask:bernoulli:0.5``, ``jpeg:10``, ``archive:12``) ``uri`` is the clean image: it becomes the reference and
     the observation is made from it, seeded by ``seed`` (a made mask replaces ``mask_uri``'s). ``page``
-    (0-based) picks the page of a multi-page ``uri``; the other files are single pictures."""
+    (0-based) picks the page of a multi-page ``uri``; the other files are single pictures. ``deadline``
+    (``time.monotonic()`` seconds) bounds the reads."""
 
     def load(url: str | None, page: int | None = None) -> Picture | None:
-        return read_picture(url, storage_options, max_pixels, page=page) if url else None
+        return read_picture(url, storage_options, max_pixels, page=page, deadline=deadline) if url else None
 
     inputs = Inputs(observed=load(uri, page), mask=load(mask_uri), reference=load(reference_uri), guide=load(guide_uri))
     if degradation:

@@ -30,10 +30,11 @@ import pyarrow.parquet as pq
 from .. import storage
 from ..core.formats import DEFAULT_MAX_PIXELS
 from ..core.options import Options
-from . import claims, collections, head, manifest, results
+from . import claims, collections, head, lease, manifest, results
 from .actor import MAX_FIT_ATTEMPTS, FitActor, plain_value, utc_now
 from .compact import compact
 
+OUTPUT_FOLDERS = ("results", "restored", "masks", "degraded", "runs", "claims", "attempts")  # what a run writes
 PLAN_ROW_GROUP = 1000
 LOOKUP_ROWS = 20_000  # manifest rows per join against the done index
 MAX_BLOCK_ROWS = 64  # plan rows per Ray Data block at most (fits stay one per image)
@@ -43,7 +44,7 @@ KEEP_OK, KEEP_FAILED = 50, 1000  # rows the driver keeps for the summary table; 
 NODES_EVERY_S = 1.0  # how often the driver asks Ray which nodes are alive while it waits for shards
 PLAN_SCHEMA = pa.schema([(name, pa.string()) for name in (
     "image_id", "uri", "options", "mask_uri", "reference_uri", "guide_uri", "degradation", "config_hash",
-    "extra")] + [("degradation_seed", pa.int64()), ("attempt", pa.int64())])
+    "extra")] + [("degradation_seed", pa.int64()), ("attempt", pa.int64()), ("page", pa.int64())])
 
 
 @dataclass(frozen=True)
@@ -66,8 +67,12 @@ class RunConfig:
     compact: bool = True  # fold the run's shards into one file at the end
     strict: bool = False  # refuse a manifest with a column that looks like a misspelt known one
     max_fit_attempts: int = MAX_FIT_ATTEMPTS  # starts of one image's fit in a run (its worker or node lost)
+    break_lease: bool = False  # take over the output's lease when its holder stopped renewing it (lease.STALE_S)
+    command: str = "dip run"  # what the output's lease says holds it
 
     def __post_init__(self):
+        if self.run_id is not None:
+            storage.check_name(self.run_id, "run id")  # it names files under the output, never a path
         check_resources(self.resources_per_fit)
         if self.max_fit_attempts < 1:
             raise ValueError(f"max_fit_attempts must be at least 1, got {self.max_fit_attempts}")
@@ -90,6 +95,7 @@ class RunSummary:
     retried: int = 0  # images whose fit this run started more than once (a worker or node was lost)
     passes: int = 0  # rounds of fits: a further one fits the images whose rows a lost node took with it
     warnings: list[str] = field(default_factory=list)  # about the manifest (look-alike columns)
+    catalogue: pa.Schema = field(default_factory=lambda: pa.schema([]))  # the manifest's own columns, carried
     seconds: float = 0.0
     rows: list[dict] = field(default_factory=list)  # a sample for the summary table: failures first
 
@@ -134,8 +140,27 @@ def start_ray(address: str | None, num_cpus: int | None = None) -> bool:
 
     if ray.is_initialized():
         return False
+    private_token()  # an earlier token, made before this rule
     ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+    private_token()  # the one Ray made now, world-readable as Ray writes it
     return True
+
+
+def private_token() -> None:
+    """Make Ray's local token file (``~/.ray/auth_token``) readable by its owner only (0600): Ray writes
+    it with the process's umask (0644 by default), and the token is what keeps other users of the
+    machine off the local cluster. Nothing when there is none, or it is another user's."""
+    import os
+    from pathlib import Path
+
+    token = Path.home() / ".ray" / "auth_token"
+    try:
+        if token.exists() and token.stat().st_uid == os.getuid() and token.stat().st_mode & 0o077:
+            token.chmod(0o600)
+    except OSError as error:
+        import warnings
+
+        warnings.warn(f"could not make Ray's token {token} private (0600): {error}", stacklevel=2)
 
 
 def check_resources(resources: dict) -> None:
@@ -157,8 +182,13 @@ def write_plan(config: RunConfig, run_id: str) -> tuple[str, RunSummary]:
     """Step 1: validate the manifest and write the jobs still to do; returns (plan URL, counts)."""
     summary = RunSummary(run_id=run_id)
     summary.warnings = manifest.check_columns(config.manifest, config.storage_options, strict=config.strict)
+    summary.catalogue = manifest.catalogue_schema(config.manifest, config.storage_options)
+    conflicts = results.catalogue_conflicts(config.output, summary.catalogue, config.storage_options)
+    if conflicts:
+        raise manifest.ManifestError("; ".join(conflicts) + ": cast the column in the manifest to the earlier "
+                                     "type, or write to another output")
     done = results.done_index(config.output, config.storage_options)
-    plan_url = storage.join(config.output, "runs", f"{run_id}.plan.parquet")
+    plan_url = storage.under(config.output, "runs", f"{run_id}.plan.parquet", storage_options=config.storage_options)
     jobs: list[manifest.Job] = []
     sink = pa.BufferOutputStream()
 
@@ -226,8 +256,26 @@ def run(config: RunConfig, on_result: Callable[[dict], None] | None = None,
     """Run the batch on the Ray cluster this process is connected to: ``ray.init`` first, or give
     ``connect``, called once the plan is written and only if something is left to fit (a bad
     manifest, or a rerun with nothing to do, never starts Ray). ``on_lost(n)``: n rows seen went
-    with a lost node and are fitted again. Raises ``head.HeadLost`` when the Ray head is lost."""
+    with a lost node and are fitted again. Raises ``head.HeadLost`` when the Ray head is lost, and
+    ``lease.LeaseHeld`` when another command holds the output (one run per output at a time)."""
     run_id = config.run_id or new_run_id()
+    if not lease.holds(config.output, config.storage_options):  # (``dip run`` checked and took it already)
+        check_output(config)
+    with lease.held(config.output, config.storage_options, holder=run_id, command=config.command,
+                    break_stale=config.break_lease):
+        return _run(config, run_id, on_result, on_plan, connect, on_lost)
+
+
+def check_output(config: RunConfig) -> None:
+    """Before anything runs: every folder the run writes (``OUTPUT_FOLDERS``) takes an object and
+    gives it back; ValueError naming the first that does not."""
+    storage.check_writable(config.output, config.storage_options, folder=True)
+    for name in OUTPUT_FOLDERS:
+        storage.probe(storage.under(config.output, name, storage_options=config.storage_options),
+                      config.storage_options)
+
+
+def _run(config: RunConfig, run_id: str, on_result, on_plan, connect, on_lost) -> RunSummary:
     clock = time.perf_counter()
     plan_url, summary = write_plan(config, run_id)
     if on_plan:
@@ -262,10 +310,13 @@ def run(config: RunConfig, on_result: Callable[[dict], None] | None = None,
             "total": summary.total, "skipped": summary.skipped, "ok": summary.ok, "failed": summary.failed,
             "unrecorded": summary.unrecorded, "retried": summary.retried, "passes": summary.passes},
         "seconds": round(summary.seconds, 3), "finished_at": utc_now().isoformat(), "versions": _versions(),
+        "catalogue": {f.name: str(f.type) for f in summary.catalogue},  # the carried columns' types
     }
-    storage.write_json(storage.join(config.output, "runs", f"{run_id}.json"), record, config.storage_options)
+    storage.write_json(storage.under(config.output, "runs", f"{run_id}.json", storage_options=config.storage_options),
+                       record, config.storage_options)
     if summary.complete:
-        storage.write_bytes(storage.join(config.output, "_SUCCESS"), f"{run_id}\n".encode(), config.storage_options)
+        storage.write_bytes(storage.under(config.output, "_SUCCESS", storage_options=config.storage_options),
+                            f"{run_id}\n".encode(), config.storage_options)
     return summary
 
 
@@ -292,7 +343,8 @@ def fit_pass(config: RunConfig, run_id: str, plan_url: str, todo: int, summary: 
         fn_constructor_kwargs=dict(output=config.output, run_id=run_id, storage_options=config.storage_options,
                                    max_pixels=config.max_pixels, threads=config.cpus_per_fit,
                                    output_format=config.output_format, shard_rows=config.shard_rows,
-                                   shard_seconds=config.shard_seconds, max_fit_attempts=config.max_fit_attempts),
+                                   shard_seconds=config.shard_seconds, max_fit_attempts=config.max_fit_attempts,
+                                   catalogue=summary.catalogue),
         batch_size=config.pack,
         compute=ray.data.ActorPoolStrategy(min_size=1, max_size=workers),
         num_cpus=config.cpus_per_fit,
@@ -330,7 +382,8 @@ def replan(config: RunConfig, run_id: str, plan_url: str, number: int) -> tuple[
     took it), as the plan of pass ``number``, ``runs/<run_id>.plan-<number>.parquet``: (URL, rows)."""
     done = results.done_index(config.output, config.storage_options)
     planned = pq.ParquetFile(pa.BufferReader(storage.read_bytes(plan_url, config.storage_options)))
-    url = storage.join(config.output, "runs", f"{run_id}.plan-{number}.parquet")
+    url = storage.under(config.output, "runs", f"{run_id}.plan-{number}.parquet",
+                        storage_options=config.storage_options)
     sink, rows = pa.BufferOutputStream(), 0
     with pq.ParquetWriter(sink, PLAN_SCHEMA) as writer:
         for batch in planned.iter_batches(LOOKUP_ROWS):
@@ -358,7 +411,7 @@ def wait_for_shards(config: RunConfig, shards: dict[str, str | None],
     Data ends them. A shard still missing once its node is gone (``alive``: the live nodes' ids) never
     comes, and is not waited for. Returns the shards that never came (their writer killed before it
     wrote them; their images have no row: fitted again)."""
-    prefix = storage.join(config.output, "results")
+    prefix = storage.under(config.output, "results", storage_options=config.storage_options)
     deadline = time.monotonic() + SHARD_WAIT_S
     missing = {url.rsplit("/", 1)[-1]: url for url in shards}  # compared by name: a local listing is absolute
     living, asked = set(), float("-inf")

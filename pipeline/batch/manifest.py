@@ -14,6 +14,9 @@ from the image id, and a hash of everything that determines the result.
 
 from __future__ import annotations
 
+import base64
+import datetime as dt
+import decimal
 import difflib
 import hashlib
 import json
@@ -21,7 +24,7 @@ import math
 import posixpath
 import re
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -36,7 +39,7 @@ from ..core.options import Options, resolve_preset
 
 REQUIRED = ("image_id", "uri")
 OPTIONAL = ("task", "mask_uri", "reference_uri", "guide_uri", "scale", "degradation", "preset", "params", "seed",
-            "degradation_seed", "collection")
+            "degradation_seed", "collection", "page")
 WARM_FOLDER = "warm"  # under the output: a collection's warm-start weights, warm/<collection>.pt
 # the tasks a degradation's observation may be restored by, its own first (a synthetic archive scan
 # may also be restored by plain denoising, the comparison of the archive-synthetic suite)
@@ -63,13 +66,15 @@ class Job:
     config_hash: str
     extra: dict  # the archive's own columns
     degradation_seed: int | None = None  # the degradation's draw (None: the fit's seed)
+    page: int | None = None  # the page of a multi-page uri (0-based; None: a single-page image)
 
     def to_row(self) -> dict:
         return {
             "image_id": self.image_id, "uri": self.uri, "options": json.dumps(self.options.to_dict()),
             "mask_uri": self.mask_uri, "reference_uri": self.reference_uri, "guide_uri": self.guide_uri,
-            "degradation": self.degradation, "config_hash": self.config_hash, "extra": json.dumps(self.extra),
-            "degradation_seed": self.degradation_seed,
+            "degradation": self.degradation, "config_hash": self.config_hash,
+            "extra": json.dumps(self.extra, default=json_value), "degradation_seed": self.degradation_seed,
+            "page": self.page,
         }
 
     @classmethod
@@ -79,7 +84,30 @@ class Job:
             mask_uri=row["mask_uri"], reference_uri=row["reference_uri"], guide_uri=row["guide_uri"],
             degradation=row["degradation"], config_hash=row["config_hash"], extra=json.loads(row["extra"]),
             degradation_seed=_optional_int(row.get("degradation_seed"), "degradation_seed"),
+            page=_optional_int(row.get("page"), "page"),
         )
+
+
+def json_value(value):
+    """A catalogue value as JSON carries it across the plan: timestamps, dates and times as ISO text,
+    decimals as text, bytes as base64 (``results.column`` casts them back to the manifest's types)."""
+    if isinstance(value, (dt.datetime, dt.date, dt.time)):
+        return value.isoformat()
+    if isinstance(value, decimal.Decimal):
+        return str(value)
+    if isinstance(value, (bytes, bytearray)):
+        return base64.b64encode(value).decode()
+    if isinstance(value, dt.timedelta):
+        return value.total_seconds()
+    raise TypeError(f"a catalogue value of type {type(value).__name__} cannot be carried: {_short(value)}")
+
+
+def catalogue_schema(url: str, storage_options: dict | None = None) -> pa.Schema:
+    """The manifest's own columns (neither known nor a results column): what the results carry."""
+    from .results import COLUMNS
+
+    return pa.schema([f for f in _dataset(url, storage_options).schema
+                      if f.name not in (*REQUIRED, *OPTIONAL) and f.name not in COLUMNS])
 
 
 def _optional_int(value, name: str) -> int | None:
@@ -147,10 +175,15 @@ def look_alike(name: str) -> str | None:
 
 def check_columns(url: str, storage_options: dict | None = None, *, strict: bool = False) -> list[str]:
     """Warnings for the manifest's columns that look like misspelt known ones (carried through as
-    catalogue fields, they would leave the run on its defaults); with ``strict``, ManifestError instead."""
+    catalogue fields, they would leave the run on its defaults), and for those named like a results
+    column (not carried: the run's own value has that name); with ``strict``, ManifestError instead."""
+    from .results import COLUMNS
+
+    names = _dataset(url, storage_options).schema.names
     warnings = [f"column {name!r} looks like {like!r}: it is carried through as a catalogue field, not read as "
-                f"{like!r}" for name in _dataset(url, storage_options).schema.names
-                if (like := look_alike(name)) is not None]
+                f"{like!r}" for name in names if (like := look_alike(name)) is not None]
+    warnings += [f"column {name!r} is a results column: the run's own {name} takes its place in the results "
+                 "(rename it to carry it)" for name in names if name in COLUMNS and name not in (*REQUIRED, *OPTIONAL)]
     if strict and warnings:
         raise ManifestError(f"manifest {url}: " + "; ".join(warnings) + " (rename the column, or run without --strict)")
     return warnings
@@ -164,31 +197,37 @@ def plan(url: str, defaults: Options, *, storage_options: dict | None = None) ->
     is exhausted: write the jobs to a plan, then run the plan. Memory: 12 bytes per image id
     (to find duplicates), not the rows themselves.
     """
+    rows = (row for batch in read_batches(url, storage_options) for row in batch.to_pylist())
+    yield from check_rows(rows, defaults, f"manifest {url}")
+
+
+def check_rows(rows: Iterable[dict], defaults: Options, name: str) -> Iterator[Job]:
+    """``plan``'s checks over manifest rows (``dip manifest`` checks the manifest it writes with them):
+    each row resolved (``resolve``), image ids unique; ManifestError naming ``name`` and the bad rows."""
     seen: set[bytes] = set()
     errors: list[str] = []
-    error_count = rows = 0
-    for batch in read_batches(url, storage_options):
-        for row in batch.to_pylist():
-            rows += 1
-            try:
-                job = resolve(row, defaults)
-                key = hashlib.blake2b(job.image_id.encode(), digest_size=12).digest()
-                if key in seen:
-                    raise ValueError(f"duplicate image_id {job.image_id!r}")
-                seen.add(key)
-            except ValueError as error:
-                error_count += 1
-                if len(errors) < MAX_ERRORS_SHOWN:
-                    errors.append(f"row {rows} (image_id {_short(row.get('image_id'))}): {error}")
-                continue
-            if not error_count:
-                yield job
+    error_count = count = 0
+    for row in rows:
+        count += 1
+        try:
+            job = resolve(row, defaults)
+            key = hashlib.blake2b(job.image_id.encode(), digest_size=12).digest()
+            if key in seen:
+                raise ValueError(f"duplicate image_id {job.image_id!r}")
+            seen.add(key)
+        except ValueError as error:
+            error_count += 1
+            if len(errors) < MAX_ERRORS_SHOWN:
+                errors.append(f"row {count} (image_id {_short(row.get('image_id'))}): {error}")
+            continue
+        if not error_count:
+            yield job
     if error_count:
         more = f"\n... and {error_count - len(errors)} more" if error_count > len(errors) else ""
-        raise ManifestError(f"manifest {url}: {error_count} of {rows} rows are invalid, nothing was run:\n"
+        raise ManifestError(f"{name}: {error_count} of {count} rows are invalid, nothing was run:\n"
                             + "\n".join(errors) + more)
-    if rows == 0:
-        raise ManifestError(f"manifest {url} has no rows")
+    if count == 0:
+        raise ManifestError(f"{name} has no rows")
 
 
 def resolve(row: dict, defaults: Options) -> Job:
@@ -202,10 +241,13 @@ def resolve(row: dict, defaults: Options) -> Job:
         raise ValueError(f"uri must be a non-empty string, got {_short(uri)}")
 
     overrides: dict = {}
-    for column in ("task", "preset", "scale", "seed"):
-        value = row.get(column)
-        if value is not None and not (isinstance(value, float) and math.isnan(value)):
-            overrides[column] = int(value) if column in ("scale", "seed") else value
+    for column in ("task", "preset"):
+        if row.get(column) is not None:
+            overrides[column] = row[column]
+    for column in ("scale", "seed"):  # integers (Arrow may hand a nullable integer column over as floats)
+        value = _optional_int(row.get(column), column)
+        if value is not None:
+            overrides[column] = value
     degradation = row.get("degradation") or None
     if degradation:
         kind, value = parse_degradation(degradation)
@@ -254,9 +296,14 @@ def resolve(row: dict, defaults: Options) -> Job:
     }
     if degradation_seed is not None:  # (absent from the hash otherwise: the hashes written before it stand)
         fields["degradation_seed"] = degradation_seed
+    page = _optional_int(row.get("page"), "page")
+    if page is not None:  # (likewise)
+        if page < 0:
+            raise ValueError(f"page must be 0 or more (0-based), got {page}")
+        fields["page"] = page
     return Job(image_id=image_id, uri=uri, options=options, mask_uri=mask_uri,
                reference_uri=fields["reference_uri"], guide_uri=fields["guide_uri"], degradation=degradation,
-               config_hash=config_hash(fields), extra=extra, degradation_seed=degradation_seed)
+               config_hash=config_hash(fields), extra=extra, degradation_seed=degradation_seed, page=page)
 
 
 @lru_cache(maxsize=4096)
@@ -335,14 +382,16 @@ def listing_rows(source: str, storage_options: dict | None = None, *, mask_patte
     (task, scale, degradation, preset) on every row. With ``mask_pattern`` / ``reference_pattern``
     (``companion``) each image's mask / reference is attached by name, and those files are not
     listed as images; an image without one is a ValueError naming it."""
-    base = source.split("*")[0].rstrip("/")
+    wild = min((source.index(c) for c in "*?[" if c in source), default=len(source))
+    folder = source[:wild] if wild == len(source) else source[:wild].rpartition("/")[0]  # above the first wildcard
+    base = storage.canonical(folder or ".", storage_options).rstrip("/")  # as the listing names files
     urls = [u for u in storage.list_files(source, storage_options) if u.lower().endswith(IMAGE_SUFFIXES)]
     patterns = {"mask_uri": mask_pattern, "reference_uri": reference_pattern}
     patterns = {column: pattern for column, pattern in patterns.items() if pattern}
     found = set(urls)
     companions = {companion(u, p) for u in urls for p in patterns.values()} & found
     images = [u for u in urls if u not in companions]
-    relatives = [u[len(base):].lstrip("/") if u.startswith(base) else u.rsplit("/", 1)[-1] for u in images]
+    relatives = [u[len(base) + 1:] if u.startswith(base + "/") else u.rsplit("/", 1)[-1] for u in images]
     rows = []
     for url, image_id in zip(images, image_ids(relatives), strict=True):
         row = {"image_id": image_id, "uri": url, **columns}

@@ -79,6 +79,9 @@ num_cpus_option = click.option("--num-cpus", type=click.IntRange(1),
 quiet_option = click.option("--quiet", is_flag=True, help="No progress bar.")
 verbose_option = click.option("--verbose", is_flag=True, help="Ray's and Ray Data's own log lines on the terminal "
                               "too (default: in the run's Ray log, <output>/runs/<run_id>.ray.log for a local output).")
+break_lease_option = click.option(
+    "--break-lease", is_flag=True, help="Take over the output's lease (one run per output at a time) when its holder "
+    "stopped renewing it 5 minutes ago or more, as a driver killed on another machine leaves it.")
 dashboard_option = click.option("--address", required=True, envvar="RAY_ADDRESS",
                                 help="Ray dashboard, e.g. http://HEAD:8265 (default: RAY_ADDRESS).")
 
@@ -125,6 +128,7 @@ def batch_options(exclude: Iterable[str] = ()) -> Callable:
                                       "old (checked as rows arrive, and when the run ends)."),
         "compact": click.option("--compact/--no-compact", default=True, show_default=True,
                                 help="Fold the run's shards into one file at the end (dip compact folds all)."),
+        "break_lease": break_lease_option,
     }
     return compose(option for name, option in options.items() if name not in leave_out)
 

@@ -18,6 +18,7 @@ from .options import (
     EXIT_OK,
     address_option,
     batch_options,
+    break_lease_option,
     fit_option,
     num_cpus_option,
     options_field,
@@ -51,8 +52,8 @@ def run_batch(values: dict, address: str | None, num_cpus: int | None = None, qu
     starts or attaches to Ray; Ray's own log lines go to ``raylog.log_path`` unless ``verbose``."""
     import contextlib
 
-    from .. import storage
-    from ..batch.job import new_run_id, run, start_ray
+    from ..batch import lease
+    from ..batch.job import check_output, new_run_id, run, start_ray
     from ..batch.manifest import ManifestError
     from .progress import RunProgress
     from .raylog import log_path, ray_output_to
@@ -60,9 +61,11 @@ def run_batch(values: dict, address: str | None, num_cpus: int | None = None, qu
     progress, started, log = None, [], None
     try:
         config = run_config({**values, "run_id": values.get("run_id") or new_run_id()})
-        storage.check_writable(config.output, config.storage_options, folder=True)
+        check_output(config)  # and the lease, before the run's Ray log is written under the output
         log = None if verbose else log_path(config.output, config.run_id)
-        with (contextlib.nullcontext(sys.stderr) if log is None else ray_output_to(log)) as terminal, \
+        with lease.held(config.output, config.storage_options, holder=config.run_id, command=config.command,
+                        break_stale=config.break_lease), \
+                (contextlib.nullcontext(sys.stderr) if log is None else ray_output_to(log)) as terminal, \
                 RunProgress(quiet=quiet, file=terminal) as progress:
             summary = run(config, on_result=progress.advance, on_plan=progress.start, on_lost=progress.retract,
                           connect=lambda: started.append(start_ray(address, num_cpus)))
@@ -78,7 +81,7 @@ def run_batch(values: dict, address: str | None, num_cpus: int | None = None, qu
             if started and log is not None:
                 click.echo(f"Ray's log: {log}", err=True)
             return EXIT_BROKE_OFF
-        reason = str(error) if isinstance(error, (ManifestError, ValueError, OSError)) else \
+        reason = str(error) if isinstance(error, (ManifestError, ValueError, OSError, lease.LeaseHeld)) else \
             f"{type(error).__name__}: {error}"
         click.echo(f"dip run: could not start: {reason}", err=True)
         return EXIT_NOT_STARTED
@@ -178,13 +181,16 @@ def manifest(source, output, task, scale, degradation, preset, mask_pattern, ref
     import pyarrow.parquet as pq
 
     from .. import storage
-    from ..batch.manifest import listing_rows
+    from ..batch.manifest import check_rows, listing_rows
 
     options = parse_json_object(storage_options, "--storage-options")
     try:
         storage.check_writable(output, options)
         rows = listing_rows(source, options, mask_pattern=mask_pattern, reference_pattern=reference_pattern,
                             task=task, scale=scale, degradation=degradation, preset=preset)
+        if rows:  # checked as dip run will check it (ids unique and storable, options whole)
+            for _ in check_rows(rows, Options(), f"the manifest of {source}"):
+                pass
     except (ValueError, OSError) as error:
         click.echo(f"dip manifest: {error}", err=True)
         sys.exit(EXIT_NOT_STARTED)
@@ -200,14 +206,19 @@ def manifest(source, output, task, scale, degradation, preset, mask_pattern, ref
 @click.command("compact")
 @click.argument("output", metavar="URI")
 @storage_options_option
-def compact(output, storage_options):
-    """Fold the result files under URI into a few large ones; superseded attempts go to attempts/."""
+@break_lease_option
+def compact(output, storage_options, break_lease):
+    """Fold the result files under URI into a few large ones; superseded attempts go to attempts/.
+    Refused while a run holds the output."""
+    from ..batch import lease
     from ..batch.compact import compact as fold
+    from ..batch.job import new_run_id
 
     options = parse_json_object(storage_options, "--storage-options")
     try:
-        done = fold(output, options)
-    except (ValueError, OSError) as error:
+        with lease.held(output, options, holder=new_run_id(), command="dip compact", break_stale=break_lease):
+            done = fold(output, options)
+    except (ValueError, OSError, lease.LeaseHeld) as error:
         raise click.ClickException(str(error)) from None
     if not done.written:
         click.echo(f"{output}: nothing to fold ({done.inputs} result file(s))")

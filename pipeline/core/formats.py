@@ -5,6 +5,14 @@ No torch or Pillow import, so that the ``dip`` command's help and ``dip manifest
 """
 
 DEFAULT_MAX_PIXELS = 64_000_000  # width * height; larger images are refused from their header
+BYTES_PER_PIXEL = 8  # the most an uncompressed input takes per pixel: 16-bit RGBA (or RGB + infrared)
+HEADER_ALLOWANCE = 64 * 2**20  # metadata beside the pixels: ICC profiles, XMP, thumbnails
+
+
+def max_input_bytes(max_pixels: int | None) -> int | None:
+    """The most bytes an input of at most ``max_pixels`` pixels may have: its pixels uncompressed at
+    ``BYTES_PER_PIXEL`` and ``HEADER_ALLOWANCE`` (None: no limit). A larger file is refused unread."""
+    return None if max_pixels is None else max_pixels * BYTES_PER_PIXEL + HEADER_ALLOWANCE
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".webp", ".bmp")  # what a listing treats as images
 
 OUTPUT_FORMATS = {".png": "png", ".tif": "tiff", ".tiff": "tiff"}  # suffix -> format written

@@ -69,10 +69,11 @@ class PackedNets(nn.Module):
 
 def pack_key(observed: Picture, options: Options) -> tuple | None:
     """Images with equal keys can share one packed fit (``restore_many``): every option but the
-    seed, and the image's channels and size. None = fit it alone."""
+    seed and the time limit (what is left of it once the inputs are read differs from image to image;
+    the pack takes its first image's), and the image's channels and size. None = fit it alone."""
     if options.task not in PACKABLE_TASKS or options.restarts > 1:
         return None
-    return (replace(options, seed=0), observed.channels, observed.height, observed.width)
+    return (replace(options, seed=0, time_limit_s=None), observed.channels, observed.height, observed.width)
 
 
 def restore_many(items: Sequence[dict]) -> list[Restoration]:
