@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+import time
 
 import click
 
@@ -28,6 +29,27 @@ def choose_threads(pixels: int, requested: int | None = None) -> int:
 
     available = int(os.environ.get("OMP_NUM_THREADS") or len(os.sched_getaffinity(0)))
     return requested or max(1, min(available, pixels // PIXELS_PER_THREAD))
+
+
+def check_targets(input_url: str, targets: dict[str, str | None], inputs: dict[str, str | None],
+                  overwrite_input: bool, storage_options: dict) -> None:
+    """ValueError naming the options when a file to write is INPUT (unless ``overwrite_input``, for
+    -o only), another input file, or the file another option writes: nothing given is ever replaced."""
+    from .. import storage
+
+    given = {name: url for name, url in targets.items() if url}
+    for name, url in given.items():
+        if storage.same_place(url, input_url, storage_options) and not (name == "-o" and overwrite_input):
+            extra = " (--overwrite-input allows it for -o)" if name == "-o" else ""
+            raise ValueError(f"{name} {url} is INPUT itself: it would be replaced{extra}")
+        for other, source in inputs.items():
+            if source and storage.same_place(url, source, storage_options):
+                raise ValueError(f"{name} {url} is the {other} file: it would be replaced")
+    names = list(given)
+    for i, name in enumerate(names):
+        for other in names[i + 1:]:
+            if storage.same_place(given[name], given[other], storage_options):
+                raise ValueError(f"{name} and {other} both name {given[name]}: one would replace the other")
 
 
 def fail(message: str) -> None:
@@ -90,6 +112,10 @@ class FitBar:
                    "archive:12 (grain, dust and scratches), grain:12 (sets the task; INPUT becomes the reference).")
 @click.option("--save-degraded", help="With --degradation: write the degraded image the fit sees here (.png or .tif), "
                                       "to compare the restoration with.")
+@click.option("--page", type=click.IntRange(0), help="Which page of a multi-page TIFF (or frame of an animated "
+              "PNG/WebP/GIF) to restore, counted from 0; such files are refused without it. Thumbnails are not pages.")
+@click.option("--overwrite-input", is_flag=True, help="Allow -o to name INPUT itself (the scan is replaced by its "
+              "restoration).")
 @click.option("--threads", type=click.IntRange(1), help="Torch threads on the CPU (default: one per 256x256 output "
               "pixels, at most the CPUs this process may use).")
 @max_pixels_option
@@ -97,8 +123,8 @@ class FitBar:
 @click.option("--json", "as_json", is_flag=True, help="Print metrics and timings as one JSON object (non-finite "
               "numbers as null, named in non_finite).")
 @click.option("--quiet", is_flag=True, help="No progress bar (there is none when stderr is not a terminal).")
-def restore(input_url, output, mask, save_mask, reference, guide, degradation, save_degraded, threads, max_pixels,
-            storage_options, as_json, quiet, **fit):
+def restore(input_url, output, mask, save_mask, reference, guide, degradation, save_degraded, page, overwrite_input,
+            threads, max_pixels, storage_options, as_json, quiet, **fit):
     """Restore one image INPUT (path or URL) and write it to OUTPUT (PNG or TIFF, from its name),
     with INPUT's bit depth, alpha, ICC profile and metadata, and the provenance of the fit.
 
@@ -119,8 +145,11 @@ def restore(input_url, output, mask, save_mask, reference, guide, degradation, s
     from ..core.restore import restore as run_restore
 
     # 1. Before any work: the names, the places they go, the inputs and the options.
+    started = time.monotonic()
     try:
         options_json = parse_json_object(storage_options, "--storage-options")
+        check_targets(input_url, {"-o": output, "--save-mask": save_mask, "--save-degraded": save_degraded},
+                      {"--mask": mask, "--reference": reference, "--guide": guide}, overwrite_input, options_json)
         for target in filter(None, (output, save_mask, save_degraded)):
             storage.check_writable(target, options_json)
         fmt = output_format(output)  # a fit is never lost to an unwritable name
@@ -129,9 +158,16 @@ def restore(input_url, output, mask, save_mask, reference, guide, degradation, s
         if save_degraded and not degradation:
             raise ValueError("--save-degraded needs --degradation (there is no degraded image otherwise)")
         degraded_fmt = output_format(save_degraded) if save_degraded else None
+        time_limit = fit["time_limit_s"]
         inputs = load_inputs(input_url, mask_uri=mask, reference_uri=reference, guide_uri=guide,
                              degradation=degradation, seed=fit["seed"], storage_options=options_json,
-                             max_pixels=max_pixels)
+                             max_pixels=max_pixels, page=page,
+                             deadline=None if time_limit is None else started + time_limit)
+        if time_limit is not None:  # the time limit covers the reading: the fit gets what is left
+            fit["time_limit_s"] = time_limit - (time.monotonic() - started)
+            if fit["time_limit_s"] <= 0:
+                raise ValueError(f"reading the inputs took {time.monotonic() - started:.1f} s, past --time-limit "
+                                 f"{time_limit:g}")
         if inputs.task:  # the degradation sets the task (and the scale)
             fit.update(task=inputs.task, scale=inputs.scale or fit["scale"])
         options = Options.from_dict({**{k: fit[k] for k in OPTION_NAMES}, "device": resolve_device(fit["device"])})
@@ -140,6 +176,8 @@ def restore(input_url, output, mask, save_mask, reference, guide, degradation, s
         options.check_complete(has_mask=inputs.mask is not None, has_guide=inputs.guide is not None)
     except (ImageError, ValueError, OSError, click.BadParameter) as error:
         fail(str(error.format_message() if isinstance(error, click.BadParameter) else error))
+    except storage.ReadTooSlow as error:
+        fail(f"reading the inputs ran past --time-limit: {error}")
     scale = options.scale if options.task == "sr" else 1
     torch.set_num_threads(choose_threads(inputs.observed.width * inputs.observed.height * scale * scale, threads))
 
