@@ -34,12 +34,12 @@ from .. import storage
 from ..core.formats import SUFFIX, batch_format
 from ..core.options import Options
 from . import claims, manifest, results
+from .config import MAX_FIT_ATTEMPTS, SHARD_ROWS, SHARD_SECONDS
 
 if TYPE_CHECKING:
     from .inputs import Inputs
 
 OUT_COLUMNS = ("image_id", "status", "error", "psnr", "seconds", "device", "shard", "ray_node", "fit_starts")
-MAX_FIT_ATTEMPTS = 3  # starts of one image's fit per run, at most (each lost with its worker but the last)
 
 
 @dataclass
@@ -62,8 +62,8 @@ class FitActor:
     """A Ray Data actor: restores the planned images of one batch and writes their outputs."""
 
     def __init__(self, output: str, run_id: str, storage_options: dict, max_pixels: int, threads: int,
-                 output_format: str = "same", shard_rows: int = results.SHARD_ROWS,
-                 shard_seconds: float = results.SHARD_SECONDS, max_fit_attempts: int = MAX_FIT_ATTEMPTS,
+                 output_format: str = "same", shard_rows: int = SHARD_ROWS,
+                 shard_seconds: float = SHARD_SECONDS, max_fit_attempts: int = MAX_FIT_ATTEMPTS,
                  catalogue=None):
         import torch
 

@@ -30,6 +30,7 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from .. import storage
+from .config import SHARD_ROWS, SHARD_SECONDS
 
 COLUMNS = {
     "image_id": pa.string(), "uri": pa.string(), "task": pa.string(), "preset": pa.string(),
@@ -53,7 +54,6 @@ COLUMNS = {
 }
 STATUSES = ("ok", "error")
 DONE_COLUMNS = ("image_id", "config_hash", "status", "attempt")  # what the resume check reads
-SHARD_ROWS, SHARD_SECONDS = 1000, 60.0  # a shard per this many rows or seconds, whichever comes first
 ROW_GROUP = 10_000
 
 

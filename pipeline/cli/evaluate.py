@@ -11,6 +11,7 @@ from .options import (
     EXIT_NOT_STARTED,
     address_option,
     batch_options,
+    degradation_option,
     num_cpus_option,
     parse_json_object,
     quiet_option,
@@ -27,7 +28,7 @@ from .run import run_batch
 @click.option("--limit", type=click.IntRange(1), help="Keep the first N images.")
 @click.option("--crop", type=click.IntRange(4), help="Evaluate N x N centre crops (N a multiple of 4), written "
               "under OUTPUT/crops/: for CPU tests and quick checks.")
-@click.option("--degradation", "--degrade", "degradation",
+@degradation_option(
               help="Suite 'folder' (required there): noise:25, downsample:4, mask:bernoulli:0.5, jpeg:10.")
 @click.option("--tv-baseline/--no-tv-baseline", default=None,
               help="Also score the TV prior (default: on for set5-x4, off otherwise).")

@@ -14,7 +14,7 @@ from dataclasses import fields
 
 import click
 
-from ..core.formats import DEFAULT_MAX_PIXELS
+from ..batch.config import default
 from ..core.options import Options
 
 # Exit codes of dip run, evaluate and submit --wait.
@@ -70,13 +70,20 @@ storage_options_option = click.option(
     "--storage-options", default="{}", show_default=True,
     help='JSON options for fsspec, e.g. \'{"endpoint_url": "http://127.0.0.1:8333"}\'.')
 max_pixels_option = click.option(
-    "--max-pixels", type=click.IntRange(1), default=DEFAULT_MAX_PIXELS, show_default=True,
+    "--max-pixels", type=click.IntRange(1), default=default("max_pixels"), show_default=True,
     help="Refuse images with more pixels (width x height) than this, from their header, before decoding.")
 address_option = click.option(
     "--address", help="Ray cluster to attach to (default: RAY_ADDRESS, else start a local Ray).")
 num_cpus_option = click.option("--num-cpus", type=click.IntRange(1),
                                help="CPUs of the local Ray (when one is started).")
-quiet_option = click.option("--quiet", is_flag=True, help="No progress bar.")
+quiet_option = click.option("--quiet", is_flag=True, help="No progress bar (there is none either when stderr is not "
+                            "a terminal).")
+
+
+def degradation_option(help: str) -> Callable:
+    """``--degradation`` (alias ``--degrade``): a degradation spec, ``noise:25`` and the like; ``help``
+    says what the command does with it."""
+    return click.option("--degradation", "--degrade", "degradation", help=help)
 verbose_option = click.option("--verbose", is_flag=True, help="Ray's and Ray Data's own log lines on the terminal "
                               "too (default: in the run's Ray log, <output>/runs/<run_id>.ray.log for a local output).")
 break_lease_option = click.option(
@@ -97,18 +104,18 @@ def batch_options(exclude: Iterable[str] = ()) -> Callable:
         "gpus_per_fit": click.option(
             "--gpus-per-fit", type=click.FloatRange(0, 1),
             help="GPU share per fit (1, 0.5, 0.25; 0 = CPU). Default: 1 on a cluster with GPUs, else 0."),
-        "cpus_per_fit": click.option("--cpus-per-fit", type=click.IntRange(1), default=1, show_default=True,
-                                     help="CPUs (and torch threads) per fit."),
+        "cpus_per_fit": click.option("--cpus-per-fit", type=click.IntRange(1), default=default("cpus_per_fit"),
+                                     show_default=True, help="CPUs (and torch threads) per fit."),
         "resources_per_fit": click.option(
             "--resources-per-fit", help='Custom Ray resources each fit needs, as JSON: \'{"fit_slot": 1}\' runs '
             "fits only on the nodes started with that resource (the workers, never the head)."),
-        "pack": click.option("--pack", type=click.IntRange(1, 64), default=1, show_default=True,
+        "pack": click.option("--pack", type=click.IntRange(1, 64), default=default("pack"), show_default=True,
                              help="Images per batch; same-size images of a batch are fitted together as one "
                                   "batched computation (saturates a GPU with small images)."),
         "max_workers": click.option("--workers", "max_workers", type=click.IntRange(1), help="Fits at once, at most."),
         "force": click.option("--force", is_flag=True, help="Redo images that already have an ok result."),
         "max_fit_attempts": click.option(
-            "--max-fit-attempts", type=click.IntRange(1), default=3, show_default=True,
+            "--max-fit-attempts", type=click.IntRange(1), default=default("max_fit_attempts"), show_default=True,
             help="Starts of one image's fit in a run, at most: a fit whose worker or node is lost (a spot instance "
                  "preempted) is started again on another; an image whose worker died this many times (a poison "
                  "image) gets an error row instead."),
@@ -116,17 +123,21 @@ def batch_options(exclude: Iterable[str] = ()) -> Callable:
                                "misspelt known one (tsak, mask-uri, Task); default: a warning."),
         "max_pixels": max_pixels_option,
         "output_format": click.option(
-            "--output-format", type=click.Choice(["png", "tiff", "same"]), default="same", show_default=True,
+            "--output-format", type=click.Choice(["png", "tiff", "same"]), default=default("output_format"),
+            show_default=True,
             help="Restored files as PNG or TIFF (Deflate); same: TIFF for a TIFF input, PNG otherwise. 16-bit, "
                  "alpha, ICC profile and metadata kept either way."),
         "storage_options": storage_options_option,
-        "run_id": click.option("--run-id", help="Default: a new UTC timestamp id."),
-        "shard_rows": click.option("--shard-rows", type=click.IntRange(1), default=1000, show_default=True,
+        "run_id": click.option("--run-id", help="A name for the run's files (letters, digits, '.', '_', '-'). Default: "
+                               "a new UTC timestamp id."),
+        "shard_rows": click.option("--shard-rows", type=click.IntRange(1), default=default("shard_rows"),
+                                   show_default=True,
                                    help="Result rows per shard that a fit worker writes, at most."),
-        "shard_seconds": click.option("--shard-seconds", type=click.FloatRange(0, min_open=True), default=60.0,
-                                      show_default=True, help="Write a worker's shard once its oldest row is this "
-                                      "old (checked as rows arrive, and when the run ends)."),
-        "compact": click.option("--compact/--no-compact", default=True, show_default=True,
+        "shard_seconds": click.option("--shard-seconds", type=click.FloatRange(0, min_open=True),
+                                      default=default("shard_seconds"), show_default=True,
+                                      help="Write a worker's shard once its oldest row is this old (checked as rows "
+                                      "arrive, and when the run ends)."),
+        "compact": click.option("--compact/--no-compact", default=default("compact"), show_default=True,
                                 help="Fold the run's shards into one file at the end (dip compact folds all)."),
         "break_lease": break_lease_option,
     }

@@ -12,10 +12,12 @@ import click
 from ..core.options import OPTION_NAMES
 from .options import (
     EXIT_NOT_STARTED,
+    degradation_option,
     fit_options,
     max_pixels_option,
     output_option,
     parse_json_object,
+    quiet_option,
     storage_options_option,
 )
 
@@ -107,7 +109,7 @@ class FitBar:
 @click.option("--save-mask", help="Archive: write the mask the fit used (white = kept, black = filled) here, as PNG.")
 @click.option("--reference", help="Clean image, for PSNR/SSIM only.")
 @click.option("--guide", help="Flash / no-flash: the flash image (network input).")
-@click.option("--degradation", "--degrade", "degradation",
+@degradation_option(
               help="Treat INPUT as clean and degrade it first: noise:25, downsample:4, mask:bernoulli:0.5, jpeg:10, "
                    "archive:12 (grain, dust and scratches), grain:12 (sets the task; INPUT becomes the reference).")
 @click.option("--save-degraded", help="With --degradation: write the degraded image the fit sees here (.png or .tif), "
@@ -122,7 +124,7 @@ class FitBar:
 @storage_options_option
 @click.option("--json", "as_json", is_flag=True, help="Print metrics and timings as one JSON object (non-finite "
               "numbers as null, named in non_finite).")
-@click.option("--quiet", is_flag=True, help="No progress bar (there is none when stderr is not a terminal).")
+@quiet_option
 def restore(input_url, output, mask, save_mask, reference, guide, degradation, save_degraded, page, overwrite_input,
             threads, max_pixels, storage_options, as_json, quiet, **fit):
     """Restore one image INPUT (path or URL) and write it to OUTPUT (PNG or TIFF, from its name),
@@ -163,8 +165,9 @@ def restore(input_url, output, mask, save_mask, reference, guide, degradation, s
                              degradation=degradation, seed=fit["seed"], storage_options=options_json,
                              max_pixels=max_pixels, page=page,
                              deadline=None if time_limit is None else started + time_limit)
+        read_s = time.monotonic() - started
         if time_limit is not None:  # the time limit covers the reading: the fit gets what is left
-            fit["time_limit_s"] = time_limit - (time.monotonic() - started)
+            fit["time_limit_s"] = time_limit - read_s
             if fit["time_limit_s"] <= 0:
                 raise ValueError(f"reading the inputs took {time.monotonic() - started:.1f} s, past --time-limit "
                                  f"{time_limit:g}")
@@ -192,7 +195,10 @@ def restore(input_url, output, mask, save_mask, reference, guide, degradation, s
         storage.write_bytes(output, encode(result.picture, fmt, record), options_json)
         if save_mask:
             storage.write_bytes(save_mask, encode(result.mask, "png"), options_json)
-    except (ImageError, ValueError, OSError, FitDiverged, FitTimeout, FitTooLarge) as error:
+    except FitTimeout as error:
+        read = f" (what --time-limit {time_limit:g} left after {read_s:.1f} s reading the inputs)" if time_limit else ""
+        raise click.ClickException(f"{error}{read}") from None
+    except (ImageError, ValueError, OSError, FitDiverged, FitTooLarge) as error:
         raise click.ClickException(str(error)) from None
     summary = {**result.summary(), **inputs.truth_scores(result.mask), "input": input_url, "output": output,
                "device": options.device, "seed": options.seed, "threads": torch.get_num_threads()}

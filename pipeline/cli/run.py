@@ -19,6 +19,7 @@ from .options import (
     address_option,
     batch_options,
     break_lease_option,
+    degradation_option,
     fit_option,
     num_cpus_option,
     options_field,
@@ -165,7 +166,7 @@ def _column_option(name: str) -> Callable:
 @output_option("Where to write the manifest (.parquet).", required=True)
 @_column_option("task")
 @_column_option("scale")
-@click.option("--degradation", "--degrade", "degradation",
+@degradation_option(
               help="Degrade the (clean) images first: noise:25, downsample:4, mask:bernoulli:0.5, jpeg:10.")
 @_column_option("preset")
 @click.option("--mask-pattern", help="Attach each image's mask by name, in the image's folder: '{stem}_mask.png' "

@@ -174,7 +174,7 @@ def fit_many(
         while i < config.iterations:
             i += 1
             if time_limit_s is not None and time.perf_counter() - started > time_limit_s:
-                raise FitTimeout(f"the fit ran past its time limit of {time_limit_s:g} s at iteration {i}")
+                raise FitTimeout(f"the fit ran past its time limit of {time_limit_s:.3g} s at iteration {i}")
             # 2. Jitter the input (reg_noise_std) so that the net cannot memorise one z.
             z_i = z
             if config.reg_noise_std > 0:
