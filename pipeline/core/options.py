@@ -85,8 +85,10 @@ class Options:
     time_limit_s: float | None = option(None, "Seconds a fit may run before it is stopped as an error.", float,
                                         flag="--time-limit", low=0, low_open=True)
     tiling: bool = option(True, "Fit an image beyond the memory budget in overlapping tiles (off: refuse it).", bool)
-    memory_budget_gb: float | None = option(None, "Memory a fit may use, GiB. Default: the device's free memory "
-                                            "(CUDA) or the available RAM.", float, low=0, low_open=True)
+    memory_budget_gb: float | None = option(None, "Memory the restore of one image may use, GiB: on the CPU the "
+                                            "whole process, on CUDA the device. Default: the available RAM "
+                                            "(CPU) or the device's free memory (CUDA).", float, low=0,
+                                            low_open=True)
 
     def __post_init__(self):
         for f in fields(self):

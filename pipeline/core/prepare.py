@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -217,8 +218,12 @@ def check_reference(reference: Picture | None, channels: int, height: int, width
 
 
 def noise_sigma_of(picture: Picture) -> float | None:
-    """σ̂ of the picture, 0-255 units; None for an image too small to tell noise from content."""
-    return estimate_noise(picture.pixels).sigma if min(picture.height, picture.width) >= 8 else None
+    """σ̂ of the picture, 0-255 units (the mean of its channels'); None for an image too small to
+    tell noise from content. One channel at a time: ``estimate_noise`` works on a float64 copy of
+    what it is given (on a 12 MP RGB scan +529 MiB at its peak this way, +777 MiB all at once)."""
+    if min(picture.height, picture.width) < 8:
+        return None
+    return float(np.mean([estimate_noise(picture.pixels[:, c:c + 1]).sigma for c in range(picture.channels)]))
 
 
 def masked_fraction(mask: Picture) -> float:

@@ -5,8 +5,10 @@ This is what ``dip restore`` and the batch job call. It takes decoded pictures
 (``pipeline.core.images.Picture``) and returns one; reading and writing them is the caller's job.
 Making one fit ready and scoring it (``prepare``, ``finish``) is ``pipeline.core.prepare``.
 
-    restore(observed, options)   check_inputs -> [archive_mask] -> choose_tile
-                                 -> (restore_tiled | prepare -> fit -> finish)
+    restore(observed, options)   check_inputs -> choose_tile (the budget, read once) -> [archive_mask]
+                                 -> restore_averaged | restore_tiled | _restore_whole
+    restore_tiled                each tile: _restore_whole (a tile is never tiled again), blended
+    _restore_whole               prepare -> fit -> finish
     restore_many([{observed, options}, ...])   (pipeline.core.packed) prepare each -> fit_many -> finish each
     restore with options.restarts > 1           restore_averaged: N seeded restores, averaged
 """
@@ -61,26 +63,57 @@ def restore(
     "neighbour" and "shrink" chain the tiles of a tiled fit.
     ``keep_weights``: the Restoration carries the fitted network's weights.
 
-    A fit whose memory estimate (``pipeline.core.memory``) exceeds the budget runs in overlapping
-    tiles blended without seams (``restore_tiled``), the largest tile that fits; with
-    ``options.tiling`` off it raises ``FitTooLarge`` before anything is allocated.
+    Whether to tile is decided once, here, before anything is allocated (``choose_tile``: one read
+    of the memory budget, less what the whole image holds besides the fits). A fit whose memory
+    estimate (``pipeline.core.memory``) exceeds it runs in overlapping tiles blended without seams
+    (``restore_tiled``), the largest tile that fits, each fitted whole; with ``options.tiling`` off
+    it raises ``FitTooLarge``.
     """
+    # 1. The inputs, and the tile: the budget is read once, before any allocation.
     check_inputs(observed, options, mask=mask, guide=guide)
-    if options.restarts > 1:
-        return restore_averaged(observed, options, mask=mask, reference=reference, guide=guide, progress=progress)
-    if options.task == "archive":  # found once on the whole image; each tile gets its part
-        mask, options = archive_mask(observed, options, mask), replace(options, mask_mode="replace")
     tile = choose_tile(observed, options)
-    if tile is not None:
-        tiled = restore_tiled(observed, options, mask=mask, reference=reference, guide=guide, tile=tile,
-                              overlap=max(1, tile // TILE_OVERLAP_DIVISOR), progress=progress)
-        if options.task == "archive":
-            tiled.mask, tiled.metrics["defect_fraction"] = mask, masked_fraction(mask)
-        return tiled
+    # 2. Archive: the defects, found once on the whole image; each tile and restart gets its part.
+    if options.task == "archive":
+        mask, options = archive_mask(observed, options, mask), replace(options, mask_mode="replace")
+    # 3. The fits: N seeded restarts averaged, or one, tiled or whole.
+    if options.restarts > 1:
+        return restore_averaged(observed, options, tile=tile, mask=mask, reference=reference, guide=guide,
+                                progress=progress)
+    return _restore_once(observed, options, tile, mask=mask, reference=reference, guide=guide, progress=progress,
+                         start=start, keep_weights=keep_weights)
+
+
+def _restore_once(observed: Picture, options: Options, tile: int | None, *, mask: Picture | None,
+                  reference: Picture | None, guide: Picture | None, progress: Progress | None = None,
+                  start: Start | None = None, keep_weights: bool = False) -> Restoration:
+    """One restore of ``observed``: whole when ``tile`` is None, else in tiles of ``tile`` px
+    (observation space), each fitted whole. An archive's ``mask`` is the one found on the image."""
+    if tile is None:
+        return _restore_whole(observed, options, mask=mask, reference=reference, guide=guide, progress=progress,
+                              start=start, keep_weights=keep_weights)
+    tiled = restore_tiled(observed, options, mask=mask, reference=reference, guide=guide, tile=tile,
+                          overlap=max(1, tile // TILE_OVERLAP_DIVISOR), progress=progress)
+    if options.task == "archive":
+        tiled.mask, tiled.metrics["defect_fraction"] = mask, masked_fraction(mask)
+    return tiled
+
+
+def _restore_whole(
+    observed: Picture,
+    options: Options,
+    *,
+    mask: Picture | None = None,
+    reference: Picture | None = None,
+    guide: Picture | None = None,
+    progress: Progress | None = None,
+    start: Start | None = None,
+    keep_weights: bool = False,
+) -> Restoration:
+    """One fit of all of ``observed``, never tiled (an image that fits, or one tile of one that
+    does not): ``restore``'s arguments, prepare -> fit -> finish."""
     if start is None and options.warm_start == "collection":
         start = collection_start(options, observed.channels)
     job = prepare(observed, options, mask=mask, reference=reference, guide=guide, start=start)
-    # 3. Fit.
     result = fit(job.net, job.z, job.operator, job.y, job.preset.fit, reference=job.reference, seed=options.seed,
                  device=options.device, time_limit_s=options.time_limit_s, noise_sigma=job.noise_floor,
                  progress=progress)
@@ -91,7 +124,7 @@ def restore(
 
 
 def _part(progress: Progress | None, k: int, n: int) -> dict:
-    """``restore_one``'s progress keyword for fit k of n (counts over all n), none without one."""
+    """The progress keyword of fit k of n (counts over all n), none without one."""
     if progress is None:
         return {}
     return {"progress": lambda i, total, entry: progress(k * total + i, n * total, entry)}
@@ -124,9 +157,12 @@ def restore_tiled(
     ``reference`` (clean, image-sized) scores the blended image once. options.time_limit_s bounds
     all tiles together. The FitResult sums seconds and backtracks, takes the largest iteration
     counts, is stopped_early when every tile was, and has no history; metrics["tiles"] = the count.
-    restore_one: what fits one tile, with ``restore``'s signature (default: ``restore``).
+    restore_one: what fits one tile, with ``restore``'s signature (default: ``_restore_whole``, one
+    fit of the tile: the tile was chosen to fit, and is not tiled again).
+    Host memory besides the tiles' fits: the accumulators total [1, C, sH, sW] and weight_sum
+    [1, 1, sH, sW], float32 (total becomes the blended image); the noise estimate runs before them.
     """
-    restore_one = restore if restore_one is None else restore_one
+    restore_one = _restore_whole if restore_one is None else restore_one
     # 1. The tiles, in observation space, and the image space they restore into.
     if options.task == "invert":
         raise ValueError("task 'invert' cannot be tiled: the features are of the whole image")
@@ -135,6 +171,7 @@ def restore_tiled(
     height, width = observed.height * s, observed.width * s
     ref = check_reference(reference, observed.channels, height, width)
     boxes = tile_boxes(observed.height, observed.width, tile, overlap)
+    noise_sigma = noise_sigma_of(observed)  # before the accumulators: its float64 planes are transient
 
     # 2. Restore each tile, accumulating tile * weight and weight in image space. With the
     #    neighbour (shrink) warm start the tiles go in serpentine order, each from the last one's
@@ -168,11 +205,12 @@ def restore_tiled(
         total[..., box[0]:box[0] + box[2], box[1]:box[1] + box[3]] += pixels * weight
         weight_sum[..., box[0]:box[0] + box[2], box[1]:box[1] + box[3]] += weight
         results.append(result)
-    image = total / weight_sum  # (1, C, H, W), in [0, 1]: a convex combination of the tiles
+    image = total.div_(weight_sum)  # (1, C, H, W), in [0, 1]: a convex combination of the tiles, in place
+    del total, weight_sum
 
     # 3. Score the whole image once, carry alpha through, and sum up the fits.
     metrics = score(options.task, image, ref, observed.pixels, baselines={})
-    metrics["noise_sigma"] = noise_sigma_of(observed)
+    metrics["noise_sigma"] = noise_sigma
     metrics["tiles"] = len(boxes)
     metrics["warm_start"] = options.warm_start if chained and len(boxes) > 1 else "none"
     picture = Picture(pixels=image, alpha=resize_alpha(observed.alpha, height, width), bit_depth=observed.bit_depth,
@@ -203,20 +241,23 @@ def restore_averaged(
     observed: Picture,
     options: Options,
     *,
+    tile: int | None,
     mask: Picture | None = None,
     reference: Picture | None = None,
     guide: Picture | None = None,
     progress: Progress | None = None,
 ) -> Restoration:
-    """``options.restarts`` fits of ``observed`` with seeds options.seed, options.seed + 1, ...
-    (each as ``restore`` does it: tiled where it must be), their outputs averaged pixel by pixel.
+    """``options.restarts`` fits of ``observed`` with seeds options.seed, options.seed + 1, ...,
+    their outputs averaged pixel by pixel.
 
-    The metrics are the first fit's with psnr, ssim and psnr_y of the average, and metrics["restarts"]
-    = N; ``restart_psnr`` holds each fit's PSNR. The FitResult sums the fits' seconds (``_summed``);
-    options.time_limit_s bounds each fit.
+    tile: ``choose_tile``'s decision for the image, made once for all the restarts (None: each
+    fit is of the whole image; else each runs in tiles of that side). An archive's ``mask`` is the
+    one found on the image (``restore`` finds it once). The metrics are the first fit's with psnr,
+    ssim and psnr_y of the average, and metrics["restarts"] = N; ``restart_psnr`` holds each fit's
+    PSNR. The FitResult sums the fits' seconds (``_summed``); options.time_limit_s bounds each fit.
     """
-    runs = [restore(observed, replace(options, restarts=1, seed=options.seed + k), mask=mask,
-                    reference=reference, guide=guide, **_part(progress, k, options.restarts))
+    runs = [_restore_once(observed, replace(options, restarts=1, seed=options.seed + k), tile, mask=mask,
+                          reference=reference, guide=guide, **_part(progress, k, options.restarts))
             for k in range(options.restarts)]
     image = torch.stack([run.fit.image for run in runs]).mean(0)  # [1, C, H, W], in [0, 1]
     first = runs[0]

@@ -73,6 +73,20 @@ def _ramp(length: int, overlap: int, ramp_start: bool, ramp_end: bool) -> Tensor
     return weights.float()
 
 
+def balanced_tile(height: int, width: int, tile: int, lo: int = 1) -> int:
+    """The smallest tile side in [lo, tile] that cuts a height x width image into no more tiles than
+    ``tile`` does (overlap 1/``TILE_OVERLAP_DIVISOR`` of the side): as many fits, each smaller. Two
+    tiles of 2,864 px cover a 4,000 px side with 1,728 px of overlap; two of 2,130 px cover it too."""
+    def count(side: int) -> int:
+        return len(tile_boxes(height, width, side, max(1, side // TILE_OVERLAP_DIVISOR)))
+
+    most = count(tile)
+    while lo < tile:  # count is non-increasing in the side: the first side at most `most`
+        mid = (lo + tile) // 2
+        lo, tile = (lo, mid) if count(mid) <= most else (mid + 1, tile)
+    return tile
+
+
 def largest_tile(fits: Callable[[int], bool], lo: int, hi: int) -> int:
     """The largest side s in [lo, hi] with fits(s), by binary search (fits must be monotone:
     true up to some side, false above). ValueError when not even lo fits."""

@@ -1,4 +1,5 @@
 import time
+from dataclasses import replace
 from itertools import pairwise
 
 import pytest
@@ -173,9 +174,11 @@ def test_largest_tile_finds_the_boundary_and_refuses_the_impossible():
         largest_tile(lambda s: True, 10, 5)
 
 
-def test_restore_tiles_an_image_over_the_memory_budget_and_refuses_it_with_tiling_off():
+def test_restore_tiles_an_image_over_the_memory_budget_and_refuses_it_with_tiling_off(monkeypatch):
+    from pipeline.core import memory
     from pipeline.core.memory import FitTooLarge, GiB, memory_needed
 
+    monkeypatch.setattr(memory, "resident_bytes", lambda: 0)  # the budget is the restore's alone
     clean = torch.rand(1, 3, 48, 64)
     options = Options(preset="cpu-small", iterations=5)
     whole = memory_needed(picture(clean), options)
@@ -187,3 +190,121 @@ def test_restore_tiles_an_image_over_the_memory_budget_and_refuses_it_with_tilin
     with pytest.raises(FitTooLarge, match=r"64x48 image .*tiling is off"):
         restore(picture(clean), Options(preset="cpu-small", iterations=5, memory_budget_gb=budget_gb, tiling=False))
     assert "tiles" not in restore(picture(clean), options).metrics  # fits whole: one fit, no tiles
+
+
+# -----------------------------------------------------------------------------
+# one decision, one level of tiles
+
+
+@pytest.fixture
+def large():
+    """A "large" image, 96x80, with a budget (bytes) that holds a 48 px tile's fit and not the image's."""
+    from pipeline.core.memory import MiB, memory_needed
+
+    observed = picture(torch.rand(1, 3, 80, 96, generator=torch.Generator().manual_seed(0)))
+    options = Options(preset="cpu-small", iterations=2)
+    budget = memory_needed(observed, options, 48, 48) + MiB  # the accumulators and noise estimate take < 1 MiB
+    assert memory_needed(observed, options) > budget
+    return observed, options, budget
+
+
+def spy_tiling(monkeypatch):
+    """Count choose_tile's calls (and keep its answers), restore_tiled's nesting and the fits."""
+    import pipeline.core.restore as restore_module
+
+    seen = {"tiles": [], "depth": 0, "deepest": 0, "fits": 0}
+    choose, tiled, fit = restore_module.choose_tile, restore_module.restore_tiled, restore_module.fit
+
+    def counted_choose(observed, options):
+        seen["tiles"].append(choose(observed, options))
+        return seen["tiles"][-1]
+
+    def counted_tiled(*args, **kwargs):
+        seen["depth"] += 1
+        seen["deepest"] = max(seen["deepest"], seen["depth"])
+        try:
+            return tiled(*args, **kwargs)
+        finally:
+            seen["depth"] -= 1
+
+    def counted_fit(*args, **kwargs):
+        seen["fits"] += 1
+        return fit(*args, **kwargs)
+
+    monkeypatch.setattr(restore_module, "choose_tile", counted_choose)
+    monkeypatch.setattr(restore_module, "restore_tiled", counted_tiled)
+    monkeypatch.setattr(restore_module, "fit", counted_fit)
+    return seen
+
+
+def test_a_large_image_is_tiled_at_one_level_and_each_tile_fitted_whole(large, monkeypatch):
+    from pipeline.core import memory
+    from pipeline.core.memory import GiB
+
+    observed, options, budget = large
+    monkeypatch.setattr(memory, "resident_bytes", lambda: 0, raising=False)  # the budget is the restore's alone
+    seen = spy_tiling(monkeypatch)
+    result = restore(observed, replace(options, memory_budget_gb=budget / GiB))
+    assert len(seen["tiles"]) == 1 and 16 <= seen["tiles"][0] < 96  # decided once, at the top
+    tile = seen["tiles"][0]
+    n = len(tile_boxes(80, 96, tile, max(1, tile // 8)))
+    assert seen["deepest"] == 1 and seen["fits"] == n == result.metrics["tiles"] > 1  # no tile was tiled again
+    assert result.picture.pixels.shape == (1, 3, 80, 96) and torch.isfinite(result.picture.pixels).all()
+
+
+@pytest.mark.parametrize("restarts", [1, 2])
+def test_the_budget_is_read_once_though_free_memory_shrinks_at_each_read(large, restarts, monkeypatch):
+    from pipeline.core import memory
+
+    observed, options, budget = large
+    reads = []
+
+    def shrinking(device):  # what the bug did: each level's allocations leave less free memory
+        reads.append(device)
+        return int(budget * 0.9 ** (len(reads) - 1))
+
+    monkeypatch.setattr(memory, "available_bytes", shrinking)
+    seen = spy_tiling(monkeypatch)
+    result = restore(observed, replace(options, restarts=restarts))  # no memory_budget_gb: MemAvailable
+    assert reads == ["cpu"] and seen["deepest"] == 1  # one read, one level of tiles
+    tile = seen["tiles"][0]
+    n = len(tile_boxes(80, 96, tile, max(1, tile // 8)))
+    assert result.metrics["tiles"] == n and seen["fits"] == restarts * n
+    assert result.metrics.get("restarts", 1) == restarts
+
+
+def test_a_budget_too_small_for_the_smallest_tile_fails_before_any_fit(large, monkeypatch):
+    import pipeline.core.restore as restore_module
+    from pipeline.core import memory
+    from pipeline.core.memory import FitTooLarge
+
+    observed, options, _ = large
+    monkeypatch.setattr(memory, "resident_bytes", lambda: 0, raising=False)
+    monkeypatch.setattr(restore_module, "fit", lambda *a, **k: pytest.fail("a fit started"))
+    with pytest.raises(FitTooLarge, match=r"96x80 image \(denoise, preset cpu-small\): even a 16x16 tile needs "
+                                          r"about 0\.50 GiB .* 0\.10 GiB is left of the 0\.10 GiB budget"):
+        restore(observed, replace(options, memory_budget_gb=0.1))
+
+
+def test_an_archive_scan_whose_detection_does_not_fit_is_refused_before_it_runs(monkeypatch):
+    import pipeline.core.restore as restore_module
+    from pipeline.core import memory
+    from pipeline.core.memory import FitTooLarge
+
+    monkeypatch.setattr(memory, "available_bytes", lambda device: 100 * 2**20)
+    monkeypatch.setattr(restore_module, "archive_mask", lambda *a, **k: pytest.fail("the detection ran"))
+    scan = picture(torch.rand(1, 3, 1000, 1200))  # the detector takes about 36 float32 planes: 165 MiB
+    with pytest.raises(FitTooLarge, match=r"1200x1000 image \(archive.*defects.*0\.1[67] GiB but 0\.10 GiB"):
+        restore(scan, Options(task="archive", preset="cpu-small", iterations=2))
+
+
+def test_a_balanced_tile_keeps_the_count_of_the_largest_and_covers_with_less_overlap():
+    from pipeline.core.tiles import balanced_tile
+
+    for height, width, largest in ((3000, 4000, 2864), (80, 96, 60), (3000, 4000, 1000), (50, 50, 64)):
+        side = balanced_tile(height, width, largest, lo=16)
+        count = len(tile_boxes(height, width, largest, max(1, largest // 8)))
+        assert side <= largest and len(tile_boxes(height, width, side, max(1, side // 8))) == count
+        if side > 16:  # a side smaller by one needs more tiles
+            assert len(tile_boxes(height, width, side - 1, max(1, (side - 1) // 8))) > count
+    assert balanced_tile(3000, 4000, 2864, lo=16) < 2200  # 4 tiles of about 2,130 px, not 2,864
