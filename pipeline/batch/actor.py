@@ -49,13 +49,12 @@ class _Item:
     row: dict  # the result row being built
     clock: float
     loaded: Inputs | None = None  # the row's pictures once read (and, for an evaluation, the truth)
-    warm: object | None = None  # a collection's warm start (``pipeline.core.warm.Start``)
     recorded: dict | None = None  # its output row, stored by an earlier start of this run: not fitted again
 
     @property
     def inputs(self) -> dict:
         """``restore``'s keyword arguments."""
-        return {**self.loaded.restore_kwargs(), **({"start": self.warm} if self.warm is not None else {})}
+        return self.loaded.restore_kwargs()
 
 
 class FitActor:
@@ -72,7 +71,6 @@ class FitActor:
         self.storage_options, self.max_pixels, self.max_fit_attempts = storage_options, max_pixels, max_fit_attempts
         self.node = _node_id()
         self.earlier_rows: dict[str, dict] = {}  # per earlier writer of this run: the rows it stored
-        self.warm_files: dict[str, bytes] = {}  # collections' warm-start weights, by URL
         self.shards = results.ShardWriter(output, run_id, storage_options, rows=shard_rows, seconds=shard_seconds,
                                           catalogue=catalogue)
         # Also at the worker's exit: __del__ does not run while a reference cycle holds the actor
@@ -96,7 +94,6 @@ class FitActor:
                 if item.recorded:
                     continue
                 item.loaded = self.load(item)
-                item.warm = self.warm_start(item)
                 key = pack_key(item.loaded.observed, item.options)
             except Exception as error:  # noqa: BLE001  (a bad image is an error row)
                 self.write(item, error=error)
@@ -142,26 +139,6 @@ class FitActor:
             self.earlier_rows[writer] = results.writer_rows(self.output, self.run_id, writer, columns,
                                                             self.storage_options)
         return self.earlier_rows[writer]
-
-    def warm_start(self, item: _Item):
-        """A "collection" row's start: the weights the run learned for its collection
-        (``warm_weights``: relative to the output, as the plan names them, or a URL), for its
-        channel count; read once per file."""
-        from ..core.warm import load_initial
-
-        options = item.options
-        if options.warm_start != "collection":
-            return None
-        url = options.warm_weights
-        if "://" not in url and not url.startswith("/"):
-            url = storage.join(self.output, url)
-        if url not in self.warm_files:
-            if not storage.exists(url, self.storage_options):
-                raise ValueError(f"no warm-start weights at {url}: the run learns a collection's before its fits "
-                                 "(see its Ray log for why they are missing)")
-            self.warm_files[url] = storage.read_bytes(url, self.storage_options)
-        return load_initial(self.warm_files[url], preset=options.resolve().name,
-                            channels=item.loaded.observed.channels, name=f"warm-start weights {url}")
 
     def load(self, item: _Item) -> Inputs:
         """The images of one row, decoded (and degraded, for evaluations), as ``restore`` takes them.
@@ -240,8 +217,7 @@ class FitActor:
                 row.update(item.loaded.truth_scores(restored.mask))
                 summary = restored.summary()
                 row.update({k: summary[k] for k in (*restored.metrics, "iterations", "best_iteration",
-                                                    "stopped_early", "backtracks", "seconds", "stop_rule",
-                                                    "warm_start")})
+                                                    "stopped_early", "backtracks", "seconds", "stop_rule")})
                 row.update(status="ok", output_uri=url, history=json.dumps(restored.fit.history), packed=packed)
             except Exception as failure:  # noqa: BLE001  (a failed write is an error row, not a lost batch)
                 error = failure

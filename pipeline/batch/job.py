@@ -3,8 +3,7 @@
 1. Plan (driver): stream the manifest, validate every row, drop images that already have an
    ``ok`` result for the same configuration (the manifest's keys joined against the done index,
    ``results.done_index``, in chunks), and write the rest to ``runs/<run_id>.plan.parquet``.
-2. Fit (Ray Data): the collections' warm starts learned first, where rows ask for them
-   (``pipeline.batch.collections``); then ``read_parquet(plan) -> map_batches(FitActor, batch_size=pack)`` on an actor
+2. Fit (Ray Data): ``read_parquet(plan) -> map_batches(FitActor, batch_size=pack)`` on an actor
    pool sized to the cluster, over blocks of up to ``MAX_BLOCK_ROWS`` rows (``pipeline.batch.actor``);
    each actor writes its images as soon as their fit ends and their rows in shards. With ``pack`` > 1,
    same-size images of one batch share one packed fit. A fit whose worker or node is lost is started
@@ -28,7 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .. import storage
-from . import claims, collections, head, lease, manifest, results
+from . import claims, head, lease, manifest, results
 from .actor import FitActor, plain_value, utc_now
 from .compact import compact
 from .config import RunConfig
@@ -238,9 +237,6 @@ def _run(config: RunConfig, run_id: str, on_result, on_plan, connect, on_lost) -
         import ray
 
         with head.watch(ray.get_runtime_context().gcs_address):
-            summary.warnings += collections.learn(  # the collections' warm starts, before their fits
-                config.output, plan_url, config.storage_options, max_pixels=config.max_pixels,
-                threads=config.cpus_per_fit, gpus=fit_gpus(config), resources=config.resources_per_fit)
             for number in range(1, config.max_fit_attempts + 1):  # a further pass only for rows lost with a node
                 summary.passes = number
                 summary.unrecorded = fit_pass(config, run_id, plan_url, todo, summary, on_result)

@@ -39,8 +39,7 @@ from ..core.options import Options, resolve_preset
 
 REQUIRED = ("image_id", "uri")
 OPTIONAL = ("task", "mask_uri", "reference_uri", "guide_uri", "scale", "degradation", "preset", "params", "seed",
-            "degradation_seed", "collection", "page")
-WARM_FOLDER = "warm"  # under the output: a collection's warm-start weights, warm/<collection>.pt
+            "degradation_seed", "page")
 # the tasks a degradation's observation may be restored by, its own first (a synthetic archive scan
 # may also be restored by plain denoising, the comparison of the archive-synthetic suite)
 DEGRADATION_TASKS = {"noise": ("denoise",), "downsample": ("sr",), "mask": ("inpaint",), "jpeg": ("jpeg",),
@@ -267,9 +266,6 @@ def resolve(row: dict, defaults: Options) -> Job:
         if not isinstance(parsed, dict):
             raise ValueError(f"params must be a JSON object, got {_short(params)}")
         overrides.update(parsed)
-    if overrides.get("warm_start", defaults.warm_start) == "collection" and not overrides.get(
-            "warm_weights", defaults.warm_weights):  # the weights the run learns for the row's collection
-        overrides["warm_weights"] = collection_weights(row.get("collection") or "all")
     seed = overrides.pop("seed") if "seed" in overrides else derive_seed(defaults.seed, image_id)
     degradation_seed = _optional_int(row.get("degradation_seed"), "degradation_seed")
     if degradation_seed is not None and not degradation:
@@ -320,19 +316,9 @@ def _template(defaults: Options, overrides: str, has_mask: bool, has_guide: bool
     return options, hashed, preset_fingerprint(options)
 
 
-def collection_weights(collection: str) -> str:
-    """Where a run keeps a collection's warm-start weights, relative to its output (what a row's
-    ``warm_weights`` holds, so that the configuration hash names the collection)."""
-    try:
-        return f"{WARM_FOLDER}/{storage.safe_key(collection)}.pt"
-    except ValueError:
-        raise ValueError(f"collection {_short(collection)} is not usable as a storage key: use 1-200 letters, "
-                         "digits, '.', '_' or '-' (not starting with '.', '_' or '-')") from None
-
-
 def preset_fingerprint(options: Options) -> str:
     """The resolved preset as JSON (cached: a manifest resolves a handful of distinct ones)."""
-    return _fingerprint(options.task, options.preset, options.scale, options.iterations, options.stops_early,
+    return _fingerprint(options.task, options.preset, options.scale, options.iterations, options.early_stop,
                         options.stop_rule, options.tv_weight, options.average_last)
 
 

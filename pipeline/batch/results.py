@@ -38,7 +38,6 @@ COLUMNS = {
     "psnr": pa.float64(), "ssim": pa.float64(), "psnr_y": pa.float64(),
     "psnr_input": pa.float64(), "psnr_baseline": pa.float64(), "psnr_y_baseline": pa.float64(),
     "psnr_tv": pa.float64(), "psnr_y_tv": pa.float64(), "noise_sigma": pa.float64(), "stop_rule": pa.string(),
-    "warm_start": pa.string(),  # none, neighbour or shrink (tiles), collection (pipeline.core.warm)
     # archive: the share of pixels filled as defects, the mask written, and (evaluations) the truth
     "defect_fraction": pa.float64(), "mask_output_uri": pa.string(), "noise_sigma_true": pa.float64(),
     "degraded_uri": pa.string(),  # evaluations: the degraded image the fit saw, degraded/<image_id>.png

@@ -15,7 +15,6 @@ UPSAMPLE_MODES = ("bilinear", "nearest")
 DOWNSAMPLE_MODES = ("stride", "avg", "max")
 PADS = ("reflection", "zero")
 INPUT_KINDS = ("noise", "meshgrid")
-WARM_STARTS = ("none", "neighbour", "shrink", "collection")  # where a fit starts (pipeline.core.warm)
 
 
 @dataclass(frozen=True)
@@ -164,12 +163,14 @@ class FitConfig:
 # Fields added after result hashes were first written (``pipeline.batch.manifest.config_hash``),
 # with the default that reproduces the behaviour from before them. While a field has that value it
 # is left out of the hash (``stable_dict``), so adding an option does not make every rerun redo
-# every image. A new field of a hashed dataclass is added here with its default.
+# every image. A new field of a hashed dataclass is added here with its default. A field removed
+# leaves the hash of the rows that had it at its default unchanged (the warm starts, removed on
+# 2026-12-06: every row fitted without one keeps its hash, so a rerun refits nothing).
 ADDED_LATER: dict[str, dict[str, object]] = {
     "EarlyStopConfig": {"rule": "wmv", "margin": 1.0},
     "FitConfig": {"tv_weight": 0.0, "average_last": 0},
     "Options": {"stop_rule": None, "defect_sensitivity": 1.0, "mask_mode": "combine", "restarts": 1,
-                "tv_weight": 0.0, "average_last": 0, "warm_start": "none", "warm_weights": None},
+                "tv_weight": 0.0, "average_last": 0},
 }
 
 

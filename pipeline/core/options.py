@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from functools import lru_cache
 
-from .config import WARM_STARTS, stable_dict
+from .config import stable_dict
 from .presets import PRESET_NAMES, TASKS, Preset, get_preset
 
 SEED_MAX = 2**63 - 1  # seeds are stored as int64 (the results table's seed column)
@@ -73,14 +73,6 @@ class Options:
                               "variation to the loss (0: off).", float, low=0, high=10)
     average_last: int = option(0, "Return the mean of the outputs of the last N iterations instead of the last "
                                "output (0: off; with early stopping, the stopping rule's output).", int, low=0)
-    warm_start: str = option("none", "Start the fit from fitted weights: neighbour (each tile of a tiled image from "
-                             "the adjacent tile fitted before it), shrink (half of those weights and half the "
-                             "tile's own random network, with its own input), collection (from weights learned "
-                             "on a few images of the collection: --warm-weights, or in dip run the manifest's "
-                             "collection column), none. Early stopping is on with a warm start unless "
-                             "--no-early-stop.", str, choices=WARM_STARTS)
-    warm_weights: str | None = option(None, "Warm start collection: the weights file to start from (dip run "
-                                      "writes them under <output>/warm/).", str)
     tv_baseline: bool = option(False, "Also minimise the TV prior with the same data term, and score it.", bool)
     time_limit_s: float | None = option(None, "Seconds a fit may run before it is stopped as an error.", float,
                                         flag="--time-limit", low=0, low_open=True)
@@ -115,13 +107,8 @@ class Options:
 
     def resolve(self) -> Preset:
         """The preset with this request's overrides (iterations, early stopping) applied."""
-        return resolve_preset(self.task, self.preset, self.scale, self.iterations, self.stops_early, self.stop_rule,
+        return resolve_preset(self.task, self.preset, self.scale, self.iterations, self.early_stop, self.stop_rule,
                               self.tv_weight, self.average_last)
-
-    @property
-    def stops_early(self) -> bool | None:
-        """``early_stop``, but on with a warm start unless asked otherwise (None: the preset's)."""
-        return self.early_stop if self.early_stop is not None or self.warm_start == "none" else True
 
     def to_dict(self) -> dict:
         return {name: getattr(self, name) for name in OPTION_NAMES}

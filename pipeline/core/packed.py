@@ -24,7 +24,6 @@ from .images import Picture
 from .memory import GiB, memory_budget, memory_needed
 from .options import Options
 from .prepare import Restoration, finish, prepare
-from .warm import Start, collection_start
 
 PACKABLE_TASKS = ("denoise", "jpeg", "sr", "inpaint", "archive")
 
@@ -80,7 +79,7 @@ def restore_many(items: Sequence[dict]) -> list[Restoration]:
     """Restore several same-size images in one packed fit (``PackedNets``).
 
     items: one dict per image with the keyword arguments of ``restore``: ``observed``, ``options``
-    and optionally ``mask``, ``reference`` and ``start`` (a collection's warm start). All must share
+    and optionally ``mask`` and ``reference``. All must share
     ``pack_key``; each keeps its own seed (input, network and jitter), so each result is the one
     ``restore`` gives (up to rounding).
     The time limit is per image, as in ``restore``: the pack of N gets N times it (its images are
@@ -97,8 +96,7 @@ def restore_many(items: Sequence[dict]) -> list[Restoration]:
     if needed > budget:
         raise ValueError(f"a pack of {len(items)} images needs about {needed / GiB:.1f} GiB, over the "
                          f"{budget / GiB:.1f} GiB budget: pack fewer")
-    jobs = [prepare(item["observed"], item["options"], mask=item.get("mask"), reference=item.get("reference"),
-                    start=_start(item))
+    jobs = [prepare(item["observed"], item["options"], mask=item.get("mask"), reference=item.get("reference"))
             for item in items]
     first, options = jobs[0], jobs[0].options
     references = [job.reference for job in jobs]
@@ -111,11 +109,3 @@ def restore_many(items: Sequence[dict]) -> list[Restoration]:
         noise_sigma=[job.noise_floor for job in jobs],
     )
     return [finish(job, result) for job, result in zip(jobs, results, strict=True)]
-
-
-def _start(item: dict) -> Start | None:
-    """An item's warm start: its ``start``, or for a "collection" one the weights file its options name."""
-    options = item["options"]
-    if item.get("start") is None and options.warm_start == "collection":
-        return collection_start(options, item["observed"].channels)
-    return item.get("start")

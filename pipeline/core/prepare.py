@@ -2,7 +2,7 @@
 ``restore_many`` (``pipeline.core.packed``) share.
 
     prepare(observed, options)   check_inputs -> [archive_mask] -> build_operator -> seeded input and
-                                 network (or a warm start's weights) -> noise level: a ``Prepared`` job
+                                 network -> noise level: a ``Prepared`` job
     finish(job, fit_result)      score against the reference, carry alpha and metadata: a ``Restoration``
 """
 
@@ -28,7 +28,6 @@ from .noise import estimate_noise
 from .operators import Denoise, FeatureInversion, Inpainting, JpegArtifacts, Operator, SuperResolution
 from .options import Options
 from .presets import Preset
-from .warm import Start, load_weights
 
 
 @dataclass
@@ -41,7 +40,6 @@ class Restoration:
     metrics: dict  # psnr, ssim, psnr_y (sr), psnr_input: dB / [0, 1]; None without a reference
     mask: Picture | None = None  # archive: the mask the fit used (white = kept, black = filled)
     restart_psnr: list | None = None  # restarts: each fit's PSNR, dB (None entries without a reference)
-    weights: dict | None = None  # the fitted network's weights (``restore(keep_weights=True)``; warm starts)
 
     def summary(self) -> dict:
         """Metrics and timings as plain JSON-able values."""
@@ -58,7 +56,6 @@ class Restoration:
             "seconds": round(self.fit.seconds, 3),
             "iterations_per_second": round(self.fit.iterations_per_second, 2),
             "stop_rule": self.preset.fit.early_stop.rule if self.preset.fit.early_stop else "fixed",
-            "warm_start": self.metrics.get("warm_start", "none"),
             "width": self.picture.width,
             "height": self.picture.height,
         }
@@ -91,13 +88,12 @@ class Prepared:
     noise_sigma: float | None  # σ̂ of the observation, 0-255 units (None: the observation is no image)
     noise_floor: float  # the residual RMS the noise alone leaves, [0, 1] units (the discrepancy rule's; NaN: unknown)
     mask: Picture | None = None  # archive: the mask used
-    warm: bool = False  # the network started from given weights (a warm start), not its seed
 
 
 def prepare(observed: Picture, options: Options, *, mask: Picture | None = None, reference: Picture | None = None,
-            guide: Picture | None = None, start: Start | None = None) -> Prepared:
-    """Steps 1-3 of ``restore``: the operator, the observation, the seeded input and network (or
-    the weights ``start`` gives, and the input of its seed), the noise level."""
+            guide: Picture | None = None) -> Prepared:
+    """Steps 1-3 of ``restore``: the operator, the observation, the seeded input and network, the
+    noise level."""
     check_inputs(observed, options, mask=mask, guide=guide)
     preset = options.resolve()
     y = observed.pixels  # [1, C, h, w] in [0, 1]
@@ -118,21 +114,18 @@ def prepare(observed: Picture, options: Options, *, mask: Picture | None = None,
     if preset.input_kind == "image":
         z = _guide_input(guide, height, width, grid)
     else:
-        input_seed = options.seed if start is None or start.input_seed is None else start.input_seed
-        generator = torch.Generator().manual_seed(input_seed)
+        generator = torch.Generator().manual_seed(options.seed)
         z = make_input(preset.input_kind, preset.input_channels, *grid, generator)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(options.seed)
         net = build_net(replace(preset.net, in_channels=z.shape[1], out_channels=observed.channels))
-    if start is not None:
-        load_weights(net, start.weights, share=start.share)
     ref = check_reference(reference, observed.channels, height, width)
 
     # 3. The noise level, estimated from the observation (no ground truth needed).
     noise_sigma = noise_sigma_of(observed) if operator.observes_image else None
     floor = math.nan if noise_sigma is None else operator.noise_floor(noise_sigma / 255)  # NaN: unknown
     return Prepared(observed, options, preset, operator, y, z, net, ref, height, width, noise_sigma, floor,
-                    mask if options.task == "archive" else None, warm=start is not None)
+                    mask if options.task == "archive" else None)
 
 
 def finish(job: Prepared, result: FitResult) -> Restoration:
@@ -145,7 +138,7 @@ def finish(job: Prepared, result: FitResult) -> Restoration:
         if options.tv_baseline:
             baselines["tv"] = tv_restore(job.operator.cpu().float(), y.cpu().float(), noise_sigma=job.noise_sigma)
     metrics = {**score(options.task, result.image, ref, observed.pixels, baselines),
-               "noise_sigma": job.noise_sigma, "warm_start": options.warm_start if job.warm else "none"}
+               "noise_sigma": job.noise_sigma}
     if job.mask is not None:
         metrics["defect_fraction"] = masked_fraction(job.mask)
     picture = Picture(pixels=result.image, alpha=resize_alpha(observed.alpha, job.height, job.width),

@@ -39,7 +39,6 @@ from .prepare import (
     prepare,
 )
 from .tiles import TILE_OVERLAP_DIVISOR, blend_weights, tile_boxes
-from .warm import CHAINED, Start, chained_start, collection_start, serpentine, weights_of
 
 
 def restore(
@@ -50,18 +49,11 @@ def restore(
     reference: Picture | None = None,
     guide: Picture | None = None,
     progress: Progress | None = None,
-    start: Start | None = None,
-    keep_weights: bool = False,
 ) -> Restoration:
     """Restore ``observed`` with DIP. ``mask`` (inpaint, white = known), ``guide`` (flash: the
     flash image) and ``reference`` (the clean image, only for scoring) as the task needs.
     ``progress(done, total, entry)`` is called after every iteration (``pipeline.core.fit``), its
     counts over all the fits of the image (tiles, restarts).
-
-    Warm starts (``pipeline.core.warm``, ``options.warm_start``): ``start`` gives the weights a
-    one-piece fit starts from (collection: read from ``options.warm_weights`` when not given);
-    "neighbour" and "shrink" chain the tiles of a tiled fit.
-    ``keep_weights``: the Restoration carries the fitted network's weights.
 
     Whether to tile is decided once, here, before anything is allocated (``choose_tile``: one read
     of the memory budget, less what the whole image holds besides the fits). A fit whose memory
@@ -79,18 +71,15 @@ def restore(
     if options.restarts > 1:
         return restore_averaged(observed, options, tile=tile, mask=mask, reference=reference, guide=guide,
                                 progress=progress)
-    return _restore_once(observed, options, tile, mask=mask, reference=reference, guide=guide, progress=progress,
-                         start=start, keep_weights=keep_weights)
+    return _restore_once(observed, options, tile, mask=mask, reference=reference, guide=guide, progress=progress)
 
 
 def _restore_once(observed: Picture, options: Options, tile: int | None, *, mask: Picture | None,
-                  reference: Picture | None, guide: Picture | None, progress: Progress | None = None,
-                  start: Start | None = None, keep_weights: bool = False) -> Restoration:
+                  reference: Picture | None, guide: Picture | None, progress: Progress | None = None) -> Restoration:
     """One restore of ``observed``: whole when ``tile`` is None, else in tiles of ``tile`` px
     (observation space), each fitted whole. An archive's ``mask`` is the one found on the image."""
     if tile is None:
-        return _restore_whole(observed, options, mask=mask, reference=reference, guide=guide, progress=progress,
-                              start=start, keep_weights=keep_weights)
+        return _restore_whole(observed, options, mask=mask, reference=reference, guide=guide, progress=progress)
     tiled = restore_tiled(observed, options, mask=mask, reference=reference, guide=guide, tile=tile,
                           overlap=max(1, tile // TILE_OVERLAP_DIVISOR), progress=progress)
     if options.task == "archive":
@@ -106,21 +95,14 @@ def _restore_whole(
     reference: Picture | None = None,
     guide: Picture | None = None,
     progress: Progress | None = None,
-    start: Start | None = None,
-    keep_weights: bool = False,
 ) -> Restoration:
     """One fit of all of ``observed``, never tiled (an image that fits, or one tile of one that
     does not): ``restore``'s arguments, prepare -> fit -> finish."""
-    if start is None and options.warm_start == "collection":
-        start = collection_start(options, observed.channels)
-    job = prepare(observed, options, mask=mask, reference=reference, guide=guide, start=start)
+    job = prepare(observed, options, mask=mask, reference=reference, guide=guide)
     result = fit(job.net, job.z, job.operator, job.y, job.preset.fit, reference=job.reference, seed=options.seed,
                  device=options.device, time_limit_s=options.time_limit_s, noise_sigma=job.noise_floor,
                  progress=progress)
-    restored = finish(job, result)
-    if keep_weights:
-        restored.weights = weights_of(job.net)
-    return restored
+    return finish(job, result)
 
 
 def _part(progress: Progress | None, k: int, n: int) -> dict:
@@ -151,9 +133,7 @@ def restore_tiled(
 
     tile, overlap: in px of the observation. The observation, ``mask`` and ``guide`` are cut the
     same way; the restored image is ``scale`` times larger for super-resolution, and so are its
-    tiles and their overlap. Tile k is fitted with seed options.seed + k and no reference (with the
-    "neighbour" or "shrink" warm start in serpentine order, from the weights of the tile fitted
-    before it, ``pipeline.core.warm.chained_start``);
+    tiles and their overlap. Tile k is fitted with seed options.seed + k and no reference;
     ``reference`` (clean, image-sized) scores the blended image once. options.time_limit_s bounds
     all tiles together. The FitResult sums seconds and backtracks, takes the largest iteration
     counts, is stopped_early when every tile was, and has no history; metrics["tiles"] = the count.
@@ -173,30 +153,20 @@ def restore_tiled(
     boxes = tile_boxes(observed.height, observed.width, tile, overlap)
     noise_sigma = noise_sigma_of(observed)  # before the accumulators: its float64 planes are transient
 
-    # 2. Restore each tile, accumulating tile * weight and weight in image space. With the
-    #    neighbour (shrink) warm start the tiles go in serpentine order, each from the last one's
-    #    weights and the first one's input (from half of them and its own input).
+    # 2. Restore each tile, accumulating tile * weight and weight in image space.
     total = torch.zeros(1, observed.channels, height, width)  # (1, C, H, W)
     weight_sum = torch.zeros(1, 1, height, width)  # (1, 1, H, W)
     started, results = time.perf_counter(), []
-    chained = options.warm_start in CHAINED
-    order = serpentine(boxes) if chained else range(len(boxes))
-    start: Start | None = None
-    for done, k in enumerate(order):
-        top, left, h, w = boxes[k]
+    for k, (top, left, h, w) in enumerate(boxes):
         tile_options = replace(options, seed=options.seed + k)
         if options.time_limit_s is not None:
             left_s = options.time_limit_s - (time.perf_counter() - started)
             if left_s <= 0:
                 raise FitTimeout(f"the tiled fit ran past its time limit of {options.time_limit_s:g} s "
-                                 f"after {done} of {len(boxes)} tiles")
+                                 f"after {k} of {len(boxes)} tiles")
             tile_options = replace(tile_options, time_limit_s=left_s)
-        warm = {"start": start, "keep_weights": True} if chained else {}
         result = restore_one(_crop(observed, top, left, h, w), tile_options, mask=_crop(mask, top, left, h, w),
-                             reference=None, guide=_crop(guide, top, left, h, w), **warm,
-                             **_part(progress, done, len(boxes)))
-        if chained:
-            start = chained_start(result.weights, options.warm_start, options.seed + order[0])
+                             reference=None, guide=_crop(guide, top, left, h, w), **_part(progress, k, len(boxes)))
         box = (top * s, left * s, h * s, w * s)
         pixels = result.picture.pixels
         if tuple(pixels.shape) != (1, observed.channels, h * s, w * s):
@@ -212,7 +182,6 @@ def restore_tiled(
     metrics = score(options.task, image, ref, observed.pixels, baselines={})
     metrics["noise_sigma"] = noise_sigma
     metrics["tiles"] = len(boxes)
-    metrics["warm_start"] = options.warm_start if chained and len(boxes) > 1 else "none"
     picture = Picture(pixels=image, alpha=resize_alpha(observed.alpha, height, width), bit_depth=observed.bit_depth,
                       metadata=scaled_dpi(observed.metadata, s))
     return Restoration(picture=picture, fit=_summed([r.fit for r in results], image), preset=results[0].preset,

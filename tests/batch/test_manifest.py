@@ -130,3 +130,24 @@ def test_config_hashes_written_by_earlier_releases_stay_the_same():
               "params": '{"iterations": 500}'}, Options(early_stop=True))]
     hashes = [resolve(row, defaults).config_hash for row, defaults in rows]
     assert hashes == ["501a092d30abfadc", "8d381efc506663f8", "de4bab44d29e2a11"]
+
+
+def test_configuration_hashes_written_by_earlier_versions_stand():
+    """A rerun refits nothing: these hashes were computed by the code of fe6e4a3 (2026-12-05, before
+    the warm starts' options were removed) for the same rows; an option added or removed at its
+    default must leave them as they are (``pipeline.core.config.ADDED_LATER``)."""
+    rows = [
+        ({"image_id": "scan-1", "uri": "s3://b/scan-1.tif"}, Options(), "e36a3deb6025dcb1"),
+        ({"image_id": "scan-2", "uri": "x.png", "degradation": "noise:25"}, Options(preset="cpu-small"),
+         "e2bfa2dc7475311c"),
+        ({"image_id": "scan-3", "uri": "x.tif", "task": "archive", "params": json.dumps({"iterations": 500})},
+         Options(), "ef71d23e22e25f39"),
+        ({"image_id": "scan-4", "uri": "x.png", "task": "sr", "scale": 4, "seed": 7}, Options(early_stop=True),
+         "865faf1381d22e55"),
+    ]
+    assert [resolve(row, defaults).config_hash for row, defaults, _ in rows] == [h for _, _, h in rows]
+
+
+def test_a_collection_column_is_an_ordinary_catalogue_column():
+    job = resolve({"image_id": "a", "uri": "x.png", "collection": "box-7"}, DEFAULTS)
+    assert job.extra == {"collection": "box-7"}

@@ -188,7 +188,8 @@ def test_every_input_case_beside_two_good_images_stores_the_good_rows_and_touche
              {"image_id": "pages", "uri": str(data / "pages.tif")},
              {"image_id": "page-2", "uri": str(data / "pages.tif"), "page": 1},
              {"image_id": "gray-alpha", "uri": str(data / "gray-alpha.tif")},
-             {"image_id": "scanned", "uri": rows[0]["uri"], "scanned_at": dt.datetime(1931, 5, 2, 10, 30)}]
+             {"image_id": "scanned", "uri": rows[0]["uri"], "scanned_at": dt.datetime(1931, 5, 2, 10, 30),
+              "collection": "box-7"}]
     manifest = write_manifest(str(tmp_path / "m.parquet"), rows)
     before = snapshot(tmp_path, tmp_path / "out")
     outcome = dip_run(manifest, str(tmp_path / "out"))
@@ -201,6 +202,7 @@ def test_every_input_case_beside_two_good_images_stores_the_good_rows_and_touche
     assert "2 pages" in by_id["pages"]["error"] and "--page" in by_id["pages"]["error"]
     assert table.schema.field("scanned_at").type == pa.timestamp("us")  # carried with its type
     assert by_id["scanned"]["scanned_at"] == dt.datetime(1931, 5, 2, 10, 30)
+    assert by_id["scanned"]["collection"] == "box-7"  # an archive's own column, like any other
     assert snapshot(tmp_path, tmp_path / "out") == before
 
 
