@@ -1,10 +1,11 @@
 """Blind archive restoration on the archive-synthetic model: the noise level, the defect masks,
 and archive against denoise.
 
-    python benchmarks/archive.py                                  # all three parts, CPU, about 15 min
-    python benchmarks/archive.py --parts noise,masks              # no fits: a minute
-    python benchmarks/archive.py --parts fits --size 0 --iterations 3000 --preset archive --device cuda
-    python benchmarks/archive.py --parts scale --out benchmarks/results/archive_scale_cpu.json  # a minute
+    python -m benchmarks.archive                                  # noise, masks and fits, CPU, about 15 min
+    python -m benchmarks.archive --parts noise,masks              # no fits: a minute
+    python -m benchmarks.archive --parts fits --size 96 --iterations 2000   # the CPU figures
+    python -m benchmarks.archive --parts fits --size 0 --iterations 3000 --preset archive --device cuda
+    python -m benchmarks.archive --parts scale                    # a minute
 
 The clean images are the nine ground truths of the colour denoising suite (../shared/data).
 
@@ -26,7 +27,7 @@ The clean images are the nine ground truths of the colour denoising suite (../sh
    (``mask_mode`` "replace"). One fit per scan and task, the whole budget, its history every 10
    iterations; the fixed budget (its last output), the oracle (the best PSNR along the history)
    and the discrepancy rule (the first check where the residual RMS on the kept pixels reaches
-   ``DISCREPANCY_MARGIN`` σ̂, replayed from the history as ``benchmarks/stop_rules.py`` does) are
+   ``DISCREPANCY_MARGIN`` σ̂, replayed from the history as ``benchmarks.stop_rules`` does) are
    read from it.
 4. scale: the blind analysis of a 12-megapixel scan (4000x3000, RGB), before any fit: seconds and
    peak memory of ``estimate_noise`` and of ``detect_defects``, each on its own (the time without
@@ -34,15 +35,16 @@ The clean images are the nine ground truths of the colour denoising suite (../sh
    archive scan of grain 12, tiled: the density of grain, dust and texture of a real image, not
    its scratches (a tiled scratch is a row of short segments, shorter than a scratch must be).
 
-Writes ``benchmarks/results/archive_<preset>_<size>.json`` (and prints the tables). Core only (no Ray).
+Each part writes its own results (and prints its table): ``benchmarks/results/archive-noise/cpu.json``,
+``archive-masks/cpu.json``, ``archive-fits-<preset>-<size or full>/<device>.json`` and
+``archive-scale/cpu.json`` (noise, masks and scale run on the CPU, whatever --device says). Core only
+(no Ray).
 """
 
 import argparse
 import json
 import math
-import platform
 import statistics
-import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
@@ -51,31 +53,24 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from stop_rules import crop, replay  # noqa: E402  (benchmarks/ is the script's folder)
-
-from pipeline.core.defects import detect_defects  # noqa: E402  (after the sys.path insert)
-from pipeline.core.fit import fit  # noqa: E402
-from pipeline.core.images import Picture, read  # noqa: E402
-from pipeline.core.metrics import mask_scores, psnr, ssim  # noqa: E402
-from pipeline.core.noise import estimate_noise  # noqa: E402
-from pipeline.core.options import Options  # noqa: E402
-from pipeline.core.prepare import prepare  # noqa: E402
-from pipeline.core.presets import DISCREPANCY_MARGIN  # noqa: E402
-from pipeline.core.synthetic import synthesize  # noqa: E402
-from pipeline.evaluation.suites import ARCHIVE_SIGMAS, DEFAULT_DATA, DENOISE_COLOR  # noqa: E402
+from benchmarks.common import RESULTS, centre_crop, denoise_color, device_name, sample, write_results
+from benchmarks.stop_rules import replay
+from pipeline.core.defects import detect_defects
+from pipeline.core.fit import fit
+from pipeline.core.images import Picture
+from pipeline.core.metrics import mask_scores, psnr, ssim
+from pipeline.core.noise import estimate_noise
+from pipeline.core.options import Options
+from pipeline.core.prepare import prepare
+from pipeline.core.presets import DISCREPANCY_MARGIN
+from pipeline.core.synthetic import synthesize
+from pipeline.evaluation.suites import ARCHIVE_SIGMAS, DEFAULT_DATA, DENOISE_COLOR
 
 NOISE_SIGMAS = (5, 10, 15, 25, 50)
 HELD_OUT = ("set5_x4/baby_GT.png", "set5_x4/bird_GT.png", "set5_x4/butterfly_GT.png", "set5_x4/head_GT.png",
             "set5_x4/woman_GT.png", "samples/denoising/snail.jpg", "samples/feature_inversion/building.jpg",
             "samples/feature_inversion/monkey.jpg", "samples/inpainting/library.png",
             "samples/restoration/barbara.png", "samples/sr/zebra_GT.png", "samples/inpainting/kate.png")
-
-
-def clean_image(data: str, name: str) -> Picture:
-    return read(Path(data) / "denoise_color_sigma25" / f"{name}_GT.png")
 
 
 def error_stats(errors: list[float]) -> dict:
@@ -87,7 +82,7 @@ def error_stats(errors: list[float]) -> dict:
 def noise_part(args) -> dict:
     rows = []
     for i, name in enumerate(DENOISE_COLOR):
-        clean = clean_image(args.data, name)
+        clean = denoise_color(name, "GT", args.data)
         own = estimate_noise(clean.pixels).sigma  # the ground truth's own noise and texture, read as noise
         for sigma in NOISE_SIGMAS:
             noisy = synthesize(clean, f"noise:{sigma}", seed=1000 + 10 * i + sigma).observed
@@ -102,7 +97,7 @@ def noise_part(args) -> dict:
                          "clean_estimate": round(own, 3)})
     held_out = []
     for i, name in enumerate(HELD_OUT):
-        clean = read(Path(args.data) / name)
+        clean = sample(name, args.data)
         if clean.channels != 3:
             continue
         for sigma in (5, 10, 25, 50):
@@ -131,7 +126,7 @@ def noise_part(args) -> dict:
 def masks_part(args) -> dict:
     rows, pooled = [], {}
     for i, name in enumerate(DENOISE_COLOR):
-        clean = clean_image(args.data, name)
+        clean = denoise_color(name, "GT", args.data)
         for sigma in ARCHIVE_SIGMAS:
             seed = 3000 + 10 * i + sigma
             scan = synthesize(clean, f"archive:{sigma}", seed=seed)
@@ -168,17 +163,17 @@ def fit_one(spec: tuple) -> dict:
     """One scan of the archive-synthetic suite, restored by one task: fixed, oracle and rule."""
     name, sigma, kind, task, args = spec
     torch.set_num_threads(args.threads)
-    clean = clean_image(args.data, name)
+    clean = denoise_color(name, "GT", args.data)
     scan = synthesize(clean, f"{kind}:{sigma}", seed=4000 + 10 * DENOISE_COLOR.index(name) + sigma)
     mask = detect_defects(scan.observed.pixels).keep  # on the whole scan, as restore() does
     mask_picture = Picture(pixels=torch.from_numpy(mask).float()[None, None])
-    observed, reference = crop(scan.observed, args.size), crop(clean, args.size)
-    truth = crop(scan.defects, args.size)
+    observed, reference = centre_crop(scan.observed, args.size), centre_crop(clean, args.size)
+    truth = centre_crop(scan.defects, args.size)
     options = Options(task=task, preset=args.preset if args.preset != "archive" or task == "archive" else "denoise",
                       iterations=args.iterations, seed=args.seed, device=args.device, early_stop=False,
                       mask_mode="replace")
     job = prepare(observed, options, reference=reference,
-                  mask=crop(mask_picture, args.size) if task == "archive" else None)
+                  mask=centre_crop(mask_picture, args.size) if task == "archive" else None)
     config = replace(job.preset.fit, check_every=10, early_stop=None)
     started = time.perf_counter()
     result = fit(job.net, job.z, job.operator, job.y, config, reference=job.reference, seed=options.seed,
@@ -240,7 +235,7 @@ def fits_part(args) -> dict:
 def scale_part(args) -> dict:
     import tracemalloc
 
-    clean = clean_image(args.data, "kodim03")
+    clean = denoise_color("kodim03", "GT", args.data)
     tile = synthesize(clean, "archive:12", seed=5000).observed.pixels.numpy()
     height, width = 3000, 4000
     reps = (1, 1, -(-height // tile.shape[2]), -(-width // tile.shape[3]))
@@ -270,27 +265,29 @@ def main() -> None:
     parser.add_argument("--preset", default="cpu-small", help="cpu-small, or archive (the paper's network)")
     parser.add_argument("--size", type=int, default=128, help="fits: centre crop side, px (0: the full image)")
     parser.add_argument("--iterations", type=int, default=1000)
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--device", default="cpu", help="fits: cpu or cuda")
     parser.add_argument("--data", default=str(DEFAULT_DATA))
     parser.add_argument("--images", default=",".join(DENOISE_COLOR), help="fits: these images only")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="torch threads per fit")
     parser.add_argument("--workers", type=int, default=2, help="fits at once (processes)")
-    parser.add_argument("--out", default=None)
+    parser.add_argument("--results-dir", type=Path, default=RESULTS)
     args = parser.parse_args()
     parts = args.parts.split(",")
-    result = {"machine": (torch.cuda.get_device_name() if args.device.startswith("cuda") else
-                          f"{platform.machine()}, {args.workers} x {args.threads} torch thread(s), 2-core machine"),
-              "torch": torch.__version__, "numpy": np.__version__, "preset": args.preset, "size": args.size,
-              "iterations": args.iterations, "seed": args.seed}
+    if unknown := set(parts) - {"noise", "masks", "fits", "scale"}:
+        parser.error(f"unknown part(s) {sorted(unknown)}; expected some of noise, masks, fits, scale")
     for part, run in (("noise", noise_part), ("masks", masks_part), ("fits", fits_part), ("scale", scale_part)):
-        if part in parts:
-            result[part] = run(args)
-            print(part, json.dumps(result[part]["summary"], indent=1), flush=True)
-    tag = "" if not args.device.startswith("cuda") else "_" + torch.cuda.get_device_name().lower().replace(" ", "-")
-    out = Path(args.out or ROOT / "benchmarks" / "results" / f"archive_{args.preset}_{args.size or 'full'}{tag}.json")
-    out.write_text(json.dumps(result, indent=1) + "\n")
-    print(f"wrote {out}")
+        if part not in parts:
+            continue
+        result = {"numpy": np.__version__, **run(args)}
+        print(part, json.dumps(result["summary"], indent=1), flush=True)
+        if part == "fits":
+            result = {"preset": args.preset, "size": args.size, "iterations": args.iterations, "seed": args.seed,
+                      "workers": args.workers, "threads": args.threads, **result}
+            benchmark, device = f"archive-fits-{args.preset}-{args.size or 'full'}", args.device
+        else:
+            benchmark, device = f"archive-{part}", "cpu"
+        print(f"wrote {write_results(benchmark, device_name(device), result, root=args.results_dir)}")
 
 
 if __name__ == "__main__":

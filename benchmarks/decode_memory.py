@@ -1,18 +1,16 @@
 """Peak memory of decoding a 12-megapixel 16-bit RGB TIFF (4000x3000), against its float32 pixel array.
 
-    python benchmarks/decode_memory.py [--width 4000 --height 3000]
+    python -m benchmarks.decode_memory [--width 4000 --height 3000]
 
 For each compression (none, Deflate, LZW) the file is made with tifffile from seeded smooth
 16-bit data, then decoded by ``pipeline.core.images.decode`` with tracemalloc on (numpy and
 torch.from_numpy allocations are traced; the file's bytes are held before the measurement
-starts, as the batch job holds them). Writes ``benchmarks/results/decode_memory.json``.
+starts, as the batch job holds them). Writes ``benchmarks/results/decode_memory/cpu.json``.
 """
 
 import argparse
 import io
-import json
 import platform
-import sys
 import time
 import tracemalloc
 from pathlib import Path
@@ -20,17 +18,15 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from pipeline.core.images import decode  # noqa: E402  (after the sys.path insert: runs from a checkout)
+from benchmarks.common import RESULTS, write_results
+from pipeline.core.images import decode
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--width", type=int, default=4000)
     parser.add_argument("--height", type=int, default=3000)
-    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "decode_memory.json"))
+    parser.add_argument("--results-dir", type=Path, default=RESULTS)
     args = parser.parse_args()
     h, w = args.height, args.width
     y, x = np.mgrid[0:h, 0:w]
@@ -57,10 +53,8 @@ def main() -> None:
         print(rows[-1], flush=True)
         del picture
     result = {"width": w, "height": h, "float32_mib": round(float32_bytes / 2**20, 1), "rows": rows,
-              "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}; 2 cores (the build machine)",
               "python": platform.python_version(), "tifffile": tifffile.__version__}
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    print(f"wrote {write_results('decode_memory', 'cpu', result, root=args.results_dir)}")
 
 
 if __name__ == "__main__":

@@ -24,44 +24,36 @@ peak is not in PEAK_TFLOPS, e.g. the CPU).
 
 The DIP core only (torch, numpy, Pillow, scikit-image; no Ray, fsspec or Click).
 
-    python benchmarks/fit_speed.py                               # CUDA: 512x512, 300 iterations + ablations
-    python benchmarks/fit_speed.py --size 64 --iterations 20     # CPU smoke test (minutes on 2 cores)
+    python -m benchmarks.fit_speed                               # CUDA: 512x512, 300 iterations + ablations
+    python -m benchmarks.fit_speed --size 64 --iterations 20     # CPU smoke test (minutes on 2 cores)
 
-Writes benchmarks/results/fit_speed_<device-name-or-cpu>.json.
+Writes ``benchmarks/results/fit_speed/<device>.json``.
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import json
 import platform
-import re
 import resource
-import sys
 from dataclasses import asdict, replace
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from torch.utils.flop_counter import FlopCounterMode
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from benchmarks.common import RESULTS, centre_square, device_name, sample, write_results
+from pipeline.core.engine import EngineConfig
+from pipeline.core.fit import fit
+from pipeline.core.images import Picture
+from pipeline.core.memory import estimate_fit_bytes
+from pipeline.core.metrics import psnr
+from pipeline.core.nets import build_net, crop_center, grid_size, make_input
+from pipeline.core.operators import Denoise
+from pipeline.core.presets import PAPER
+from pipeline.core.synthetic import synthesize
 
-from pipeline.core.engine import EngineConfig  # noqa: E402  (after the sys.path insert: runs from a checkout)
-from pipeline.core.fit import fit  # noqa: E402  (after the sys.path insert: runs from a checkout)
-from pipeline.core.images import Picture  # noqa: E402  (after the sys.path insert: runs from a checkout)
-from pipeline.core.memory import estimate_fit_bytes  # noqa: E402  (after the sys.path insert: runs from a checkout)
-from pipeline.core.metrics import psnr  # noqa: E402  (after the sys.path insert: runs from a checkout)
-from pipeline.core.nets import build_net, crop_center, grid_size, make_input  # noqa: E402  (after the sys.path insert: runs from a checkout)
-from pipeline.core.operators import Denoise  # noqa: E402  (after the sys.path insert: runs from a checkout)
-from pipeline.core.presets import PAPER  # noqa: E402  (after the sys.path insert: runs from a checkout)
-from pipeline.core.synthetic import synthesize  # noqa: E402  (after the sys.path insert: runs from a checkout)
-
-IMAGE = ROOT.parent / "shared" / "data" / "samples" / "denoising" / "F16_GT.png"
+IMAGE = "samples/denoising/F16_GT.png"  # under ../shared/data
 # Dense peak TFLOP/s by a substring of torch.cuda.get_device_name (NVIDIA's datasheets, SXM).
 # tf32: what cuDNN uses for "fp32" convolutions while torch.backends.cudnn.allow_tf32 is on (the default).
 PEAK_TFLOPS = {
@@ -70,28 +62,14 @@ PEAK_TFLOPS = {
 }
 
 
-def device_name(device: torch.device) -> str:
-    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-
-
-def slug(name: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "unknown"
-
-
-def peak_tflops(name: str) -> dict | None:
-    return next((peaks for key, peaks in PEAK_TFLOPS.items() if key in name), None)
+def peak_tflops(description: str) -> dict | None:
+    """The datasheet peaks of a device by a substring of its description ("NVIDIA H200 (139.8 GiB)")."""
+    return next((peaks for key, peaks in PEAK_TFLOPS.items() if key in description), None)
 
 
 def clean_image(size: int) -> Picture:
     """F16 as [1, 3, size, size] in [0, 1]: the centre crop at 512, resized (Lanczos) below that."""
-    image = Image.open(IMAGE).convert("RGB")
-    side = min(image.size)
-    left, top = (image.width - side) // 2, (image.height - side) // 2
-    image = image.crop((left, top, left + side, top + side))
-    if side != size:
-        image = image.resize((size, size), Image.LANCZOS)
-    pixels = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255).permute(2, 0, 1)[None]
-    return Picture(pixels=pixels, alpha=None, bit_depth=8)
+    return centre_square(sample(IMAGE), size)
 
 
 def flops_per_iteration(size: int) -> int:
@@ -156,7 +134,7 @@ def main() -> None:
     parser.add_argument("--ablations", default="2nd-fit,size+32,size+64,align,no-compile,no-graphs,no-bf16",
                         help="CUDA: comma-separated, in this order (each compiling one costs about a minute)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument("--results-dir", type=Path, default=RESULTS)
     args = parser.parse_args()
     device = torch.device(args.device)
     on_cuda = device.type == "cuda"
@@ -167,7 +145,7 @@ def main() -> None:
 
     name = device_name(device)
     flops = flops_per_iteration(args.size)
-    print(f"{name}, {args.size}x{args.size}, {args.iterations} iterations, "
+    print(f"{name.description}, {args.size}x{args.size}, {args.iterations} iterations, "
           f"{flops / 1e12:.3f} TFLOP per iteration (forward + backward)", flush=True)
 
     fast_engine = EngineConfig.fast(device)
@@ -188,9 +166,7 @@ def main() -> None:
     ablations = [ablations[a] for a in chosen] if on_cuda and args.ablation_iterations else []
     runs = [("plain", EngineConfig.plain(), args.iterations, 0), ("fast", fast_engine, args.iterations, 0)]
     runs += [(label, engine, args.ablation_iterations, grow) for label, engine, grow in ablations]
-    peaks = peak_tflops(name) if on_cuda else None
-    args.output.mkdir(parents=True, exist_ok=True)
-    path = args.output / f"fit_speed_{slug(name)}.json"
+    peaks = peak_tflops(name.description) if on_cuda else None
     rows = []
     for label, engine, iterations, grow in runs:  # the JSON is rewritten after each run: a killed run keeps its rows
         row = run_engine(label, engine, argparse.Namespace(**{**vars(args), "iterations": iterations,
@@ -204,14 +180,13 @@ def main() -> None:
         rows.append(row)
         ratio = rows[1]["it_per_s_steady"] / rows[0]["it_per_s_steady"] if len(rows) > 1 else None
         record = {
-            "benchmark": "fit_speed", "device": name, "size": args.size, "iterations": args.iterations,
+            "size": args.size, "iterations": args.iterations,
             "ablation_iterations": args.ablation_iterations if ablations else None,
             "seed": args.seed, "preset": "denoise", "flops_per_iteration": flops,
             "speedup_steady": None if ratio is None else round(ratio, 3), "engines": rows,
-            "torch": torch.__version__, "python": platform.python_version(), "cpu_threads": torch.get_num_threads(),
-            "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "python": platform.python_version(), "cpu_threads": torch.get_num_threads(),
         }
-        path.write_text(json.dumps(record, indent=2) + "\n")
+        path = write_results("fit_speed", name, record, root=args.results_dir)
         if len(rows) == 2:
             print(f"fast / plain: {ratio:.2f}x steady it/s; PSNR plain {rows[0]['psnr']}, fast {rows[1]['psnr']}; "
                   f"MFU plain {rows[0]['mfu']}, fast {rows[1]['mfu']}", flush=True)

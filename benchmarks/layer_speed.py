@@ -1,6 +1,6 @@
 """Each layer kind of the paper's denoising net, timed alone at the size it runs at in a fit.
 
-``profile_step.py`` splits a whole iteration by kernel; this times one layer at a time, forward
+``benchmarks.profile_step`` splits a whole iteration by kernel; this times one layer at a time, forward
 and backward, in the fast engine's precision and memory format (bf16 autocast, channels_last)
 and in the plain one's (fp32, contiguous), and gives the convolutions' achieved TFLOP/s. It
 answers questions such as: does the merge convolution, which sees 128 + 4 = 132 input channels
@@ -10,20 +10,17 @@ answers questions such as: does the merge convolution, which sees 128 + 4 = 132 
 Eager PyTorch (torch.compile hands convolutions to cuDNN as they are), timed with
 torch.utils.benchmark. The DIP core is not needed.
 
-    python benchmarks/layer_speed.py                     # CUDA, 512x512
-    python benchmarks/layer_speed.py --size 32           # CPU smoke test
+    python -m benchmarks.layer_speed                     # CUDA, 512x512
+    python -m benchmarks.layer_speed --size 32           # CPU smoke test
 
-Writes benchmarks/results/layer_speed_<device-name-or-cpu>.json.
+Writes ``benchmarks/results/layer_speed/<device>.json``.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
-import datetime as dt
-import json
 import platform
-import sys
 from pathlib import Path
 
 import torch
@@ -31,10 +28,8 @@ from torch import nn
 from torch.utils import benchmark
 from torch.utils.flop_counter import FlopCounterMode
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from benchmarks.fit_speed import device_name, peak_tflops, slug  # noqa: E402  (after the sys.path insert: runs from a checkout)
+from benchmarks.common import RESULTS, device_name, write_results
+from benchmarks.fit_speed import peak_tflops
 
 
 def conv(c_in: int, c_out: int, k: int, stride: int = 1) -> nn.Module:
@@ -96,14 +91,14 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--size", type=int, default=None, help="image side (default 512 on CUDA, 32 on the CPU)")
     parser.add_argument("--min-run-time", type=float, default=0.5, help="seconds of timing per layer and engine")
-    parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument("--results-dir", type=Path, default=RESULTS)
     args = parser.parse_args()
     device = torch.device(args.device)
     size = args.size or (512 if device.type == "cuda" else 32)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # as the fast engine runs
     name = device_name(device)
-    peaks = peak_tflops(name)
+    peaks = peak_tflops(name.description)
     rows = []
     for label, layer, channels, side in cases(size):
         row = {"layer": label, "input": [1, channels, side, side]}
@@ -114,12 +109,8 @@ def main() -> None:
         rows.append(row)
         print(f"{label:>40}: fast {row['fast']['ms']} ms ({row['fast']['tflops']} TFLOP/s), "
               f"plain {row['plain']['ms']} ms ({row['plain']['tflops']} TFLOP/s)", flush=True)
-    record = {"benchmark": "layer_speed", "device": name, "size": size, "layers": rows,
-              "torch": torch.__version__, "python": platform.python_version(),
-              "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
-    args.output.mkdir(parents=True, exist_ok=True)
-    path = args.output / f"layer_speed_{slug(name)}.json"
-    path.write_text(json.dumps(record, indent=1) + "\n")
+    record = {"size": size, "layers": rows, "python": platform.python_version()}
+    path = write_results("layer_speed", name, record, root=args.results_dir)
     print(f"wrote {path}")
 
 

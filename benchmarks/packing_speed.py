@@ -13,40 +13,32 @@ end); images per hour = N x steady it/s x 3600 / 3000. The PSNR of each image pa
 is recorded too (same seeds: they should agree up to rounding). Both use the default engine
 (``EngineConfig.fast``). The DIP core only (no Ray, fsspec or Click).
 
-    python benchmarks/packing_speed.py                   # CUDA: 256x256, packs of 4 and 8
-    python benchmarks/packing_speed.py --size 32 --iterations 10 --packs 2   # CPU smoke test
+    python -m benchmarks.packing_speed                   # CUDA: 256x256, packs of 4 and 8
+    python -m benchmarks.packing_speed --size 32 --iterations 10 --packs 2   # CPU smoke test
 
-Writes benchmarks/results/packing_speed_<device-name-or-cpu>.json.
+Writes ``benchmarks/results/packing_speed/<device>.json``.
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import platform
-import sys
 import time
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from benchmarks.fit_speed import device_name, slug  # noqa: E402  (after the sys.path insert: runs from a checkout)
-from pipeline.core.fit import fit, fit_many  # noqa: E402  (after the sys.path insert: runs from a checkout)
-from pipeline.core.images import Picture  # noqa: E402  (after the sys.path insert: runs from a checkout)
-from pipeline.core.metrics import psnr  # noqa: E402  (after the sys.path insert: runs from a checkout)
-from pipeline.core.nets import build_net, grid_size, make_input  # noqa: E402  (after the sys.path insert: runs from a checkout)
-from pipeline.core.operators import Denoise  # noqa: E402  (after the sys.path insert: runs from a checkout)
-from pipeline.core.packed import PackedNets  # noqa: E402  (after the sys.path insert: runs from a checkout)
-from pipeline.core.presets import PAPER  # noqa: E402  (after the sys.path insert: runs from a checkout)
-from pipeline.core.synthetic import synthesize  # noqa: E402  (after the sys.path insert: runs from a checkout)
-from pipeline.evaluation.suites import DEFAULT_DATA, DENOISE_COLOR  # noqa: E402  (after the sys.path insert: runs from a checkout)
+from benchmarks.common import RESULTS, centre_square, denoise_color, device_name, write_results
+from pipeline.core.fit import fit, fit_many
+from pipeline.core.metrics import psnr
+from pipeline.core.nets import build_net, grid_size, make_input
+from pipeline.core.operators import Denoise
+from pipeline.core.packed import PackedNets
+from pipeline.core.presets import PAPER
+from pipeline.core.synthetic import synthesize
+from pipeline.evaluation.suites import DEFAULT_DATA, DENOISE_COLOR
 
 PAPER_ITERATIONS = 3000
 
@@ -55,14 +47,9 @@ def images(data: Path, size: int, n: int) -> list[tuple[torch.Tensor, torch.Tens
     """n (noisy, clean) pairs [1, 3, size, size], cycling through the suite's ground truths."""
     out = []
     for k in range(n):
-        image = Image.open(data / "denoise_color_sigma25" / f"{DENOISE_COLOR[k % len(DENOISE_COLOR)]}_GT.png")
-        image = image.convert("RGB")
-        side = min(image.size)
-        left, top = (image.width - side) // 2, (image.height - side) // 2
-        image = image.crop((left, top, left + side, top + side)).resize((size, size), Image.LANCZOS)
-        clean = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255).permute(2, 0, 1)[None]
-        noisy = synthesize(Picture(pixels=clean, alpha=None, bit_depth=8), "noise:25", seed=k).observed.pixels
-        out.append((noisy, clean))
+        clean = centre_square(denoise_color(DENOISE_COLOR[k % len(DENOISE_COLOR)], "GT", data), size)
+        noisy = synthesize(clean, "noise:25", seed=k).observed.pixels
+        out.append((noisy, clean.pixels))
     return out
 
 
@@ -91,24 +78,20 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=300)
     parser.add_argument("--packs", default="4,8", help="comma-separated pack sizes")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
-    parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument("--results-dir", type=Path, default=RESULTS)
     args = parser.parse_args()
     device = torch.device(args.device)
     packs = [int(p) for p in args.packs.split(",")]
     config = replace(PAPER["denoise"].fit, iterations=args.iterations, check_every=max(1, args.iterations // 10))
     pairs = images(args.data, args.size, max(packs))
     name = device_name(device)
-    record = {"benchmark": "packing_speed", "device": name, "size": args.size, "iterations": args.iterations,
-              "preset": "denoise", "paper_iterations": PAPER_ITERATIONS, "torch": torch.__version__,
-              "python": platform.python_version(), "runs": []}
-    args.output.mkdir(parents=True, exist_ok=True)
-    path = args.output / f"packing_speed_{slug(name)}.json"
+    record = {"size": args.size, "iterations": args.iterations, "preset": "denoise",
+              "paper_iterations": PAPER_ITERATIONS, "python": platform.python_version(), "runs": []}
 
-    def save(row: dict) -> None:
+    def save(row: dict) -> Path:  # rewritten after each run: a killed run keeps what it measured
         record["runs"].append(row)
-        record["finished_at"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-        path.write_text(json.dumps(record, indent=2) + "\n")
         print(json.dumps(row), flush=True)
+        return write_results("packing_speed", name, record, root=args.results_dir)
 
     # One at a time: two images in a row; the second's steady rate is the warm process's.
     nets, zs = nets_and_inputs(2, args.size)
@@ -118,7 +101,7 @@ def main() -> None:
         result = fit(nets[k], zs[k], Denoise(), pairs[k][0], config, reference=pairs[k][1], seed=k, device=device)
         alone.append(psnr(result.image, pairs[k][1]))
         rate = steady(result.history)
-        save({"mode": "one at a time", "image": k, "it_per_s_steady": round(rate, 3),
+        path = save({"mode": "one at a time", "image": k, "it_per_s_steady": round(rate, 3),
               "seconds_total": round(time.perf_counter() - started, 2), "psnr": round(alone[-1], 3),
               "images_per_hour": round(rate * 3600 / PAPER_ITERATIONS, 1)})
     single_rate = rate
@@ -131,7 +114,7 @@ def main() -> None:
                            device=device)
         rate = steady(results[0].history)
         psnrs = [psnr(r.image, pairs[k][1]) for k, r in enumerate(results)]
-        save({"mode": "packed", "pack": n, "it_per_s_steady": round(rate, 3),
+        path = save({"mode": "packed", "pack": n, "it_per_s_steady": round(rate, 3),
               "seconds_total": round(time.perf_counter() - started, 2), "psnr": [round(p, 3) for p in psnrs],
               "psnr_alone_first_two": [round(p, 3) for p in alone],
               "images_per_hour": round(n * rate * 3600 / PAPER_ITERATIONS, 1),

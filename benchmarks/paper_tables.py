@@ -18,35 +18,30 @@ exceeded: an image whose estimated time (from the images done so far) does not f
 started, and the JSON records what finished and what did not. The JSON is rewritten after each
 image, so a killed run leaves its results too.
 
-    python benchmarks/paper_tables.py                                   # on a CUDA machine
-    python benchmarks/paper_tables.py --device cpu --limit 1 --iterations 5   # CPU smoke test
+    python -m benchmarks.paper_tables                                   # on a CUDA machine
+    python -m benchmarks.paper_tables --device cpu --limit 1 --iterations 5   # CPU smoke test
 
-Writes benchmarks/results/paper_tables_<gpu-name-or-cpu>.json.
+Writes ``benchmarks/results/paper_tables/<device>.json``.
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import platform
-import re
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from pipeline.core.images import read  # noqa: E402  (after the sys.path insert: runs from a checkout)
-from pipeline.core.metrics import psnr  # noqa: E402  (after the sys.path insert: runs from a checkout)
-from pipeline.core.options import Options  # noqa: E402  (after the sys.path insert: runs from a checkout)
-from pipeline.core.restore import restore  # noqa: E402  (after the sys.path insert: runs from a checkout)
-from pipeline.core.synthetic import synthesize  # noqa: E402  (after the sys.path insert: runs from a checkout)
-from pipeline.evaluation.suites import DEFAULT_DATA, DENOISE_COLOR, PAPER, SET5  # noqa: E402  (after the sys.path insert: runs from a checkout)
+from benchmarks.common import RESULTS, denoise_color_file, device_name, set5_file, write_results
+from pipeline.core.images import read
+from pipeline.core.metrics import psnr
+from pipeline.core.options import Options
+from pipeline.core.restore import restore
+from pipeline.core.synthetic import synthesize
+from pipeline.evaluation.suites import DEFAULT_DATA, DENOISE_COLOR, PAPER, SET5
 
 SUITES = ("set5-x4", "denoise-color-25", "barbara-50")
 # Which of our figures each paper figure is compared with (None: not something we compute).
@@ -64,22 +59,13 @@ FIGURES = ("psnr", "psnr_y", "ssim", "psnr_authors", "psnr_input", "psnr_baselin
            "psnr_y_tv")
 
 
-def device_name(device: str) -> str:
-    return torch.cuda.get_device_name(torch.device(device)) if device.startswith("cuda") else "cpu"
-
-
-def slug(name: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "unknown"
-
-
 def jobs(data: Path, suites: list[str], limit: int | None) -> list[tuple[str, str, Path, Path | None]]:
     """(suite, image name, input file, reference file or None) in the order they run."""
     found = []
     if "set5-x4" in suites:
-        found += [("set5-x4", n, data / "set5_x4" / f"{n}_GT.png", None) for n in SET5[:limit]]
+        found += [("set5-x4", n, set5_file(n, "GT", data), None) for n in SET5[:limit]]
     if "denoise-color-25" in suites:
-        folder = data / "denoise_color_sigma25"
-        found += [("denoise-color-25", n, folder / f"{n}_noisy.png", folder / f"{n}_GT.png")
+        found += [("denoise-color-25", n, denoise_color_file(n, "noisy", data), denoise_color_file(n, "GT", data))
                   for n in DENOISE_COLOR[:limit]]
     if "barbara-50" in suites:
         found.append(("barbara-50", "barbara", data / "samples" / "restoration" / "barbara.png", None))
@@ -143,18 +129,17 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tv", action=argparse.BooleanOptionalAction, default=True,
                         help="Set5: also score the TV prior (on the CPU, 500 Adam steps per image).")
-    parser.add_argument("--out", type=Path, help="Default: benchmarks/results/paper_tables_<device>.json")
+    parser.add_argument("--results-dir", type=Path, default=RESULTS,
+                        help="Writes <results-dir>/paper_tables/<device>.json (default: benchmarks/results).")
     args = parser.parse_args(argv)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit(f"--device {args.device}: CUDA is not available here (use --device cpu for a smoke test)")
     start = time.perf_counter()
     name = device_name(args.device)
-    out = args.out or ROOT / "benchmarks" / "results" / f"paper_tables_{slug(name)}.json"
     suites = args.suite or list(SUITES[:2])  # barbara-50 only when asked (--suite barbara-50)
     todo = jobs(args.data, suites, args.limit)
     report = {
-        "device": name, "torch": torch.__version__, "cuda": torch.version.cuda, "python": platform.python_version(),
-        "machine": platform.platform(), "started_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "cuda": torch.version.cuda, "python": platform.python_version(), "platform": platform.platform(),
         "options": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "time_budget_s": args.time_budget, "stopped": None, "not_run": [], "images": [], "suites": {},
     }
@@ -173,21 +158,20 @@ def main(argv: list[str] | None = None) -> Path:
         report["images"].append(row)
         print(f"{suite} {image}: " + ", ".join(f"{k} {row[k]:.2f}" for k in FIGURES if row.get(k) is not None)
               + f"; {row['iterations']} iterations in {row['seconds']:.1f} s", flush=True)
-        write(out, report, suites, todo, start)
-    write(out, report, suites, todo, start)
+        out = write(args.results_dir, name, report, suites, todo, start)
+    out = write(args.results_dir, name, report, suites, todo, start)
     for suite, summary in report["suites"].items():
         print(suite, json.dumps(summary["vs_paper"]), f"({summary['done']}/{summary['total']} images)")
     print(f"wrote {out}")
     return out
 
 
-def write(out: Path, report: dict, suites: list[str], todo: list, start: float) -> None:
+def write(root: Path, device, report: dict, suites: list[str], todo: list, start: float) -> Path:
     for suite in suites:
         images = [r for r in report["images"] if r["suite"] == suite]
         report["suites"][suite] = summarize(suite, images, sum(1 for s, *_ in todo if s == suite))
     report["elapsed_s"] = round(time.perf_counter() - start, 1)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
+    return write_results("paper_tables", device, report, root=root)
 
 
 if __name__ == "__main__":

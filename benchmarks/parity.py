@@ -1,4 +1,4 @@
-"""Our core against a plain fp32 DIP (``benchmarks/plain_dip.py``), task by task, over seeds.
+"""Our core against a plain fp32 DIP (``tests/plain_dip.py``), task by task, over seeds.
 
 Each case is one crop of ``../shared/data`` and one degradation, fitted by ``pipeline.core.restore``
 (the task's paper preset at a shorter budget) and by the plain DIP with the same preset settings
@@ -12,41 +12,35 @@ Then our options beyond the paper on the denoising and x4 cases, 4 seeds each: D
 that no case uses) and the late-iterate average (``--average-last 100``). And the jpeg preset at its
 full budget on a crop at JPEG quality 10, 20 and 30 (PSNR and SSIM against its input, along the fit).
 
-    python benchmarks/parity.py [--workers 2] [--seeds 4] [--budget-scale 1.0]
-    python benchmarks/parity.py --cases missing-pixels --first-seed 5 --parity-only --out ...  # 4 more seeds
+    python -m benchmarks.parity [--workers 2] [--seeds 4] [--budget-scale 1.0]
+    python -m benchmarks.parity --cases missing-pixels --first-seed 5 --parity-only   # 4 more seeds
 
-Each worker runs one fit at a time on one torch thread. Writes benchmarks/results/parity.json
-(rewritten after every fit, so a partial run can be read).
+Each worker runs one fit at a time on one torch thread. Writes ``benchmarks/results/parity/cpu.json``
+(rewritten after every fit, so a partial run can be read); a run of other cases, seeds or budgets
+names them: ``parity-missing-pixels-seeds-5-8/cpu.json``.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing
-import os
-import platform
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from benchmarks.common import RESULTS, centre_crop, rgb, sample, write_results
+from pipeline.core.baselines import degraded_input, tv_restore
+from pipeline.core.images import Picture
+from pipeline.core.metrics import psnr, ssim
+from pipeline.core.noise import estimate_noise
+from pipeline.core.options import Options
+from pipeline.core.prepare import build_operator
+from pipeline.core.restore import restore
+from pipeline.core.synthetic import synthesize
+from tests.plain_dip import lanczos2_downsampler, plain_fit  # the reference: test code, torch only
 
-from benchmarks.plain_dip import lanczos2_downsampler, plain_fit  # noqa: E402  (after the sys.path insert)
-from pipeline.core.baselines import degraded_input, tv_restore  # noqa: E402
-from pipeline.core.images import Picture, read  # noqa: E402
-from pipeline.core.metrics import psnr, ssim  # noqa: E402
-from pipeline.core.noise import estimate_noise  # noqa: E402
-from pipeline.core.options import Options  # noqa: E402
-from pipeline.core.prepare import build_operator  # noqa: E402  (after the sys.path insert: runs from a checkout)
-from pipeline.core.restore import restore  # noqa: E402
-from pipeline.core.synthetic import synthesize  # noqa: E402
-
-DATA = ROOT.parent / "shared" / "data"
 # name: (task, preset, image, (top, left) or None for the centre, size, degradation, iterations)
 CASES = {
     "denoise": ("denoise", "denoise", "denoise_color_sigma25/kodim03", None, 64, "given", 600),
@@ -65,11 +59,8 @@ JPEG_QUALITIES = (10, 20, 30)
 
 
 def load_crop(path: str, top_left, size: int) -> Picture:
-    x = read(DATA / path).pixels
-    if x.shape[1] == 1:
-        x = x.repeat(1, 3, 1, 1)
-    top, left = top_left or ((x.shape[2] - size) // 2, (x.shape[3] - size) // 2)
-    return Picture(pixels=x[..., top:top + size, left:left + size].contiguous(), alpha=None, bit_depth=8)
+    """The ``size`` crop of ``../shared/data/<path>`` as RGB, at ``top_left`` or the centre."""
+    return rgb(centre_crop(sample(path), size, top_left))
 
 
 def observation(name: str, spec: tuple, degradation: str | None = None):
@@ -152,7 +143,7 @@ def main():
     parser.add_argument("--cases", help="Comma-separated cases to run (default: all)")
     parser.add_argument("--parity-only", action="store_true", help="Only ours against the plain DIP: no DIP-TV "
                         "calibration, variants or jpeg budget check")
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "parity.json")
+    parser.add_argument("--results-dir", type=Path, default=RESULTS)
     args = parser.parse_args()
     cases = list(CASES) if not args.cases else args.cases.split(",")
     unknown = sorted(set(cases) - set(CASES))
@@ -161,17 +152,21 @@ def main():
     torch.set_num_threads(1)
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
     common = {"budget_scale": args.budget_scale}
-    report = {"machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {args.workers} workers x 1 torch thread",
-              "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "seeds": seeds,
-              "budget_scale": args.budget_scale, "cases": {}, "tv_calibration": {}, "jpeg_quality": {}}
+    # the default run is "parity"; another one names its cases, seeds and budget
+    settings = ([] if cases == list(CASES) else cases) + \
+        ([] if seeds == [1, 2, 3, 4] else [f"seeds-{seeds[0]}-{seeds[-1]}"]) + \
+        ([] if args.budget_scale == 1.0 else [f"budget-{args.budget_scale:g}"])
+    benchmark = "-".join(["parity", *settings])
+    report = {"workers": args.workers, "threads_per_worker": 1, "seeds": seeds, "budget_scale": args.budget_scale,
+              "cases": {}, "tv_calibration": {}, "jpeg_quality": {}}
     for name in cases:
         spec = CASES[name]
         report["cases"][name] = {"task": spec[0], "preset": spec[1], "image": spec[2], "size": spec[4],
                                  "degradation": spec[5], **baselines(name), "ours": {}, "plain": {}, "variants": {}}
     outputs: dict = {}
 
-    def write():
-        args.out.write_text(json.dumps(report, indent=1) + "\n")
+    def write() -> Path:
+        return write_results(benchmark, "cpu", report, root=args.results_dir)
 
     with multiprocessing.get_context("spawn").Pool(args.workers) as pool:
         # 1. DIP-TV's weight on the calibration crops (one seed), beside the weight 0.
@@ -243,7 +238,7 @@ def main():
         print(name, "ours", case["ours_summary"], "plain", case["plain_summary"], flush=True)
     report["seconds_total"] = round(sum(r["seconds"] for c in report["cases"].values() for impl in ("ours", "plain")
                                         for r in c[impl].values()), 1)
-    write()
+    print(f"wrote {write()}")
 
 
 if __name__ == "__main__":

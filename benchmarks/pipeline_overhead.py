@@ -6,9 +6,10 @@
 2. Peak memory of the driver planning a manifest of N rows (validation, resume check and
    plan written; no fitting).
 
-    python benchmarks/pipeline_overhead.py [--images 200] [--rows 1000000]
+    python -m benchmarks.pipeline_overhead [--images 200] [--rows 1000000] [--s3]
 
-Writes benchmarks/results/pipeline_overhead.json.
+--s3 needs the test extra (the tests' SeaweedFS launcher, ``tests.conftest.make_s3_server``).
+Writes ``benchmarks/results/pipeline_overhead/cpu.json``.
 """
 
 from __future__ import annotations
@@ -16,8 +17,6 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -29,14 +28,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from pipeline import storage  # noqa: E402  (after the sys.path insert: runs from a checkout)
-from pipeline.batch import results  # noqa: E402  (after the sys.path insert: runs from a checkout)
-from pipeline.batch.inputs import read_picture  # noqa: E402  (after the sys.path insert: runs from a checkout)
-from pipeline.core.options import Options  # noqa: E402  (after the sys.path insert: runs from a checkout)
-from pipeline.core.restore import restore  # noqa: E402  (after the sys.path insert: runs from a checkout)
+from benchmarks.common import RESULTS, ROOT, write_results
+from pipeline import storage
+from pipeline.batch import results
+from pipeline.batch.inputs import read_picture
+from pipeline.core.options import Options
+from pipeline.core.restore import restore
 
 
 def make_images(prefix: str, count: int, size: int, storage_options: dict | None) -> str:
@@ -94,8 +91,8 @@ def plan_memory(rows: int, folder: Path) -> dict:
     pq.write_table(pa.table({"image_id": ids, "uri": uris, "box": pa.array([f"B{i % 977}" for i in range(rows)])}),
                    manifest, row_group_size=50_000)
     del ids, uris
-    code = (
-        "import sys, time; sys.path.insert(0, %r)\n"
+    code = (  # run in the checkout's root: `python -c` imports from there
+        "import time\n"
         "from pipeline.batch.job import RunConfig, write_plan\n"
         "from pipeline.core.options import Options\n"
         "t = time.perf_counter()\n"
@@ -103,9 +100,9 @@ def plan_memory(rows: int, folder: Path) -> dict:
         # VmHWM, not ru_maxrss: ru_maxrss keeps the parent's peak across the exec
         "print(s.total, time.perf_counter() - t, next(l for l in open('/proc/self/status') if l.startswith('VmHWM:'))"
         ".split()[1])\n"
-    ) % (str(ROOT), str(manifest), str(folder / "out"))
+    ) % (str(manifest), str(folder / "out"))
     total, seconds, max_rss_kib = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
-                                                 text=True).stdout.split()
+                                                 text=True, cwd=ROOT).stdout.split()
     return {"rows": int(total), "seconds": round(float(seconds), 1), "peak_rss_mib": round(int(max_rss_kib) / 1024, 1)}
 
 
@@ -115,16 +112,14 @@ def main():
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--s3", action="store_true", help="Also on a SeaweedFS server (needs the test extra).")
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "pipeline_overhead.json")
+    parser.add_argument("--results-dir", type=Path, default=RESULTS)
     args = parser.parse_args()
-    report = {"machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}",
-              "images": args.images, "size": args.size, "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    report = {"images": args.images, "size": args.size}
     with tempfile.TemporaryDirectory() as tmp:
         targets = [("local", tmp + "/local", None)]
         server = None
         if args.s3:
-            sys.path.insert(0, str(ROOT / "tests"))
-            from conftest import make_s3_server  # the tests' SeaweedFS launcher
+            from tests.conftest import make_s3_server  # the tests' SeaweedFS launcher (the test extra)
 
             (Path(tmp) / "weed").mkdir()
             server = make_s3_server(Path(tmp) / "weed")
@@ -147,8 +142,7 @@ def main():
         if args.rows:
             report["plan_memory"] = plan_memory(args.rows, Path(tmp))
             print("plan", report["plan_memory"], flush=True)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {write_results('pipeline_overhead', 'cpu', report, root=args.results_dir)}")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Where a fast-engine iteration spends its time: a torch.profiler trace of the paper's denoising fit.
 
-``fit_speed.py`` says how fast an iteration is; this says why. A first fit of --warmup
+``benchmarks.fit_speed`` says how fast an iteration is; this says why. A first fit of --warmup
 iterations compiles (and records the CUDA graphs); a second fit of the same net runs
 --iterations under ``torch.profiler``. Written out:
 
@@ -10,25 +10,23 @@ iterations compiles (and records the CUDA graphs); a second fit of the same net 
   compiler, optimizer, copies, ...; by kernel name), per iteration and as a share;
 - the 40 operators and kernels with the most device time (self time, per iteration).
 
-With --trace, the Chrome trace too (gzipped; open it in https://ui.perfetto.dev).
+With --trace DIR, the Chrome trace too (gzipped, in DIR; open it in https://ui.perfetto.dev).
 The DIP core only (no Ray, fsspec or Click).
 
-    python benchmarks/profile_step.py                              # CUDA, 512x512
-    python benchmarks/profile_step.py --size 64 --iterations 5     # CPU smoke test
+    python -m benchmarks.profile_step                              # CUDA, 512x512
+    python -m benchmarks.profile_step --size 64 --iterations 5     # CPU smoke test
 
-Writes benchmarks/results/profile_step_<device-name-or-cpu>.json.
+Writes ``benchmarks/results/profile_step/<device>.json`` (``profile_step-align<N>`` with
+--align-channels N other than 1).
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import gzip
-import json
 import platform
 import re
 import shutil
-import sys
 import time
 from collections import defaultdict
 from dataclasses import asdict, replace
@@ -37,16 +35,14 @@ from pathlib import Path
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from benchmarks.fit_speed import clean_image, device_name, slug  # noqa: E402  (after the sys.path insert: runs from a checkout)
-from pipeline.core.engine import EngineConfig  # noqa: E402  (after the sys.path insert: runs from a checkout)
-from pipeline.core.fit import fit  # noqa: E402  (after the sys.path insert: runs from a checkout)
-from pipeline.core.nets import build_net, grid_size, make_input  # noqa: E402  (after the sys.path insert: runs from a checkout)
-from pipeline.core.operators import Denoise  # noqa: E402  (after the sys.path insert: runs from a checkout)
-from pipeline.core.presets import PAPER  # noqa: E402  (after the sys.path insert: runs from a checkout)
-from pipeline.core.synthetic import synthesize  # noqa: E402  (after the sys.path insert: runs from a checkout)
+from benchmarks.common import RESULTS, device_name, write_results
+from benchmarks.fit_speed import clean_image
+from pipeline.core.engine import EngineConfig
+from pipeline.core.fit import fit
+from pipeline.core.nets import build_net, grid_size, make_input
+from pipeline.core.operators import Denoise
+from pipeline.core.presets import PAPER
+from pipeline.core.synthetic import synthesize
 
 # Kernel name -> category, first match wins (cuDNN/CUTLASS convolution kernels have many names).
 CATEGORIES = [
@@ -87,8 +83,8 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=100, help="profiled iterations of the second fit")
     parser.add_argument("--align-channels", type=int, default=None,
                         help="the engine's align_channels (default: fast's)")
-    parser.add_argument("--trace", action="store_true", help="also write the Chrome trace (gzipped)")
-    parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument("--trace", type=Path, default=None, help="also write the Chrome trace (gzipped) to this folder")
+    parser.add_argument("--results-dir", type=Path, default=RESULTS)
     args = parser.parse_args()
     device = torch.device(args.device)
     args.size = args.size or (512 if device.type == "cuda" else 64)
@@ -124,7 +120,7 @@ def main() -> None:
     ranked = sorted(events, key=device_time_us if kernels else (lambda e: e.self_cpu_time_total), reverse=True)
     name = device_name(device)
     record = {
-        "benchmark": "profile_step", "device": name, "size": args.size, "engine": asdict(engine),
+        "size": args.size, "engine": asdict(engine),
         "iterations": n, "wall_ms_per_iteration": round(wall * 1000 / n, 3),
         "fit_it_per_s": round(result.iterations_per_second, 2),
         "device_busy_ms_per_iteration": round(busy / 1000 / n, 3) if kernels else None,
@@ -137,20 +133,18 @@ def main() -> None:
                  "cpu_self_ms_per_iteration": round(e.self_cpu_time_total / 1000 / n, 4),
                  "is_kernel": e.device_type == torch.autograd.DeviceType.CUDA}
                 for e in ranked[:40]],
-        "torch": torch.__version__, "python": platform.python_version(),
-        "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "python": platform.python_version(),
     }
-    args.output.mkdir(parents=True, exist_ok=True)
-    suffix = "" if engine.align_channels == 1 else f"_align{engine.align_channels}"
-    path = args.output / f"profile_step_{slug(name)}{suffix}.json"
-    path.write_text(json.dumps(record, indent=1) + "\n")
-    if args.trace:
-        raw = path.with_name(f"{path.stem}_trace.json")
+    suffix = "" if engine.align_channels == 1 else f"-align{engine.align_channels}"
+    path = write_results(f"profile_step{suffix}", name, record, root=args.results_dir)
+    if args.trace:  # beside the results, not in them: benchmarks/results holds only results files
+        args.trace.mkdir(parents=True, exist_ok=True)
+        raw = args.trace / f"profile_step{suffix}_{name.slug}_trace.json"
         prof.export_chrome_trace(str(raw))
         with raw.open("rb") as source, gzip.open(f"{raw}.gz", "wb") as target:
             shutil.copyfileobj(source, target)
         raw.unlink()
-    print(f"{name} {args.size}x{args.size}: {record['wall_ms_per_iteration']} ms/iteration wall, "
+    print(f"{name.description} {args.size}x{args.size}: {record['wall_ms_per_iteration']} ms/iteration wall, "
           f"device busy {record['device_busy_ms_per_iteration']} ms ({record['device_busy_fraction']})")
     for label, ms in record["categories_ms_per_iteration"].items():
         print(f"  {label:>22}: {ms} ms/iteration")

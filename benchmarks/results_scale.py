@@ -12,10 +12,12 @@ For each size N and storage (a local folder; with ``--s3`` also a SeaweedFS S3 s
    ``write_bytes`` is one PUT for objects under s3fs's 5 MiB block; a ``delete`` call is one batched
    request per 1,000 keys on S3), the fit claims and their removal at the run's end included.
 
-    python benchmarks/results_scale.py [--rows 10000,100000,1000000] [--s3] [--actor-images 3000]
-    python benchmarks/results_scale.py --rows '' --out benchmarks/results/results_scale_requests.json
+    python -m benchmarks.results_scale [--rows 10000,100000,1000000] [--s3] [--actor-images 3000]
+    python -m benchmarks.results_scale --rows ''                 # only the storage requests (4.)
 
-Writes benchmarks/results/results_scale.json (or ``--out``). Nothing else may run meanwhile (timings).
+Writes ``benchmarks/results/results_scale/cpu.json`` (1.-3.) and ``results_scale-requests/cpu.json``
+(4.). --s3 needs the test extra (the tests' SeaweedFS launcher, ``tests.conftest.make_s3_server``).
+Nothing else may run meanwhile (timings).
 """
 
 from __future__ import annotations
@@ -23,8 +25,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -34,11 +34,9 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from pipeline import storage  # noqa: E402  (after the sys.path insert: runs from a checkout)
-from pipeline.batch import results  # noqa: E402  (after the sys.path insert: runs from a checkout)
+from benchmarks.common import RESULTS, ROOT, write_results
+from pipeline import storage
+from pipeline.batch import results
 
 RUN_ID = "bench"
 T0 = dt.datetime(2026, 12, 1, tzinfo=dt.timezone.utc)
@@ -76,8 +74,7 @@ def fabricate(output: str, plan: str, share: float, options: dict | None) -> int
 
 
 MEASURE = """
-import sys, time, json
-sys.path.insert(0, %(root)r)
+import time, json
 
 def peak_mib():  # VmHWM: this process's own peak (ru_maxrss would carry the parent's over the exec)
     line = next(l for l in open("/proc/self/status") if l.startswith("VmHWM:"))
@@ -107,9 +104,10 @@ CODE = {  # step: (imports, the work timed)
 def measure(step: str, **values) -> dict:
     """One step in a fresh Python: its seconds and its peak resident memory."""
     imports, work = CODE[step]
-    code = MEASURE % {"root": str(ROOT), "options": json.dumps(values.get("options") or {}), "imports": imports,
+    code = MEASURE % {"options": json.dumps(values.get("options") or {}), "imports": imports,
                       "code": work % values}
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False,
+                          cwd=ROOT)  # `python -c` imports pipeline from the checkout's root
     if done.returncode:
         raise RuntimeError(f"{step} failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -200,19 +198,20 @@ def main():
     parser.add_argument("--s3", action="store_true", help="Also on a SeaweedFS server (needs the test extra).")
     parser.add_argument("--s3-rows", default=None, help="Sizes on S3 (default: --rows).")
     parser.add_argument("--actor-images", type=int, default=3000)
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "results_scale.json")
+    parser.add_argument("--results-dir", type=Path, default=RESULTS)
     args = parser.parse_args()
-    report = {"machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}",
-              "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "local": [], "s3": []}
+    report = {"local": [], "s3": []}
     with tempfile.TemporaryDirectory() as tmp:
         if args.actor_images:
-            report["actor_requests"] = actor_requests(Path(tmp) / "actor", args.actor_images)
-            print(json.dumps(report["actor_requests"]), flush=True)
+            requests = actor_requests(Path(tmp) / "actor", args.actor_images)
+            print(json.dumps(requests), flush=True)
+            print(f"wrote {write_results('results_scale-requests', 'cpu', requests, root=args.results_dir)}")
+        if not sizes(args.rows) and not (args.s3 and sizes(args.s3_rows or args.rows)):
+            return
         for rows in sizes(args.rows):
             report["local"].append(scale(f"{tmp}/local-{rows}", rows, None))
         if args.s3:
-            sys.path.insert(0, str(ROOT / "tests"))
-            from conftest import make_s3_server  # the tests' SeaweedFS launcher
+            from tests.conftest import make_s3_server  # the tests' SeaweedFS launcher (the test extra)
 
             (Path(tmp) / "weed").mkdir()
             server = make_s3_server(Path(tmp) / "weed")
@@ -223,8 +222,7 @@ def main():
                     report["s3"].append(scale(f"s3://bench/s3-{rows}", rows, server.storage_options))
             finally:
                 server.stop()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {write_results('results_scale', 'cpu', report, root=args.results_dir)}")
 
 
 if __name__ == "__main__":

@@ -7,17 +7,15 @@ formulas) and the bytes it reads and writes if nothing is fused (inputs + output
 max(FLOPs / peak, bytes / bandwidth); the sum is the roofline of the unfused step, the table
 says which ops it comes from. Defaults: an H200's datasheet, 989 TFLOP/s dense bf16 and 4.8 TB/s.
 
-    python benchmarks/step_roofline.py                 # 512x512
-    python benchmarks/step_roofline.py --size 256
+    python -m benchmarks.step_roofline                 # 512x512
+    python -m benchmarks.step_roofline --size 256
 
-Writes benchmarks/results/step_roofline_<size>.json.
+Writes ``benchmarks/results/step_roofline-<size>/meta.json`` (the meta device: nothing is computed).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 from collections import defaultdict
 from pathlib import Path
 
@@ -27,11 +25,9 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 from torch.utils.flop_counter import flop_registry
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from pipeline.core.nets import build_net, crop_center, grid_size  # noqa: E402  (after the sys.path insert: runs from a checkout)
-from pipeline.core.presets import PAPER  # noqa: E402  (after the sys.path insert: runs from a checkout)
+from benchmarks.common import RESULTS, Device, write_results
+from pipeline.core.nets import build_net, crop_center, grid_size
+from pipeline.core.presets import PAPER
 
 
 class OpLog(TorchDispatchMode):
@@ -60,7 +56,7 @@ def main() -> None:
     parser.add_argument("--bytes-per-value", type=float, default=2.0, help="2 for bf16 activations")
     parser.add_argument("--peak-tflops", type=float, default=989.0)
     parser.add_argument("--bandwidth-tbs", type=float, default=4.8)
-    parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument("--results-dir", type=Path, default=RESULTS)
     args = parser.parse_args()
     cfg = PAPER["denoise"].net
     with torch.device("meta"):
@@ -86,12 +82,12 @@ def main() -> None:
     for r in rows[:15]:
         print(f"{r['op']:<40} {r['calls']:>6} {r['flops'] / 1e9:>9.1f} {r['gbytes']:>7.3f} "
               f"{r['bound_ms']:>8.4f}  {r['bound']}")
-    args.output.mkdir(parents=True, exist_ok=True)
-    path = args.output / f"step_roofline_{args.size}.json"
-    path.write_text(json.dumps({"size": args.size, "bytes_per_value": args.bytes_per_value,
-                                "peak_tflops": args.peak_tflops, "bandwidth_tbs": args.bandwidth_tbs,
-                                "tflop": round(flops / 1e12, 4), "roofline_ms": round(total_ms, 3),
-                                "ops": rows}, indent=1) + "\n")
+    device = Device("meta", f"meta device (shapes only), bounded at {args.peak_tflops:g} TFLOP/s and "
+                            f"{args.bandwidth_tbs:g} TB/s")
+    path = write_results(f"step_roofline-{args.size}", device,
+                         {"size": args.size, "bytes_per_value": args.bytes_per_value, "peak_tflops": args.peak_tflops,
+                          "bandwidth_tbs": args.bandwidth_tbs, "tflop": round(flops / 1e12, 4),
+                          "roofline_ms": round(total_ms, 3), "ops": rows}, root=args.results_dir)
     print(f"wrote {path}")
 
 

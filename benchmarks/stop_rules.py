@@ -1,10 +1,10 @@
 """Stopping rules without ground truth against the fixed budget and the oracle, on the colour
 denoising suite (the authors' sigma-25 noisy inputs, centre crops).
 
-    python benchmarks/stop_rules.py --preset denoise --size 64 --iterations 1000     # the paper's net
-    python benchmarks/stop_rules.py --preset cpu-small --size 64 --iterations 3000   # the small net, long
-    python benchmarks/stop_rules.py --preset denoise --size 0 --iterations 3000 --device cuda  # full size, GPU
-    python benchmarks/stop_rules.py --replay benchmarks/results/stop_rules_denoise_64.json  # no fitting
+    python -m benchmarks.stop_rules --preset denoise --size 64 --iterations 1000     # the paper's net
+    python -m benchmarks.stop_rules --preset cpu-small --size 64 --iterations 3000   # the small net, long
+    python -m benchmarks.stop_rules --preset denoise --size 0 --iterations 3000 --device cuda  # full size, GPU
+    python -m benchmarks.stop_rules --replay benchmarks/results/stop_rules-denoise-64/cpu.json  # no fitting
 
 One fit per image, run to the whole budget with its history recorded every 10 iterations (the
 ES-WMV detector in dry-run mode beside it), then every rule is replayed from that history:
@@ -17,42 +17,40 @@ ES-WMV detector in dry-run mode beside it), then every rule is replayed from tha
 
 ``--replay FILE`` fits nothing: it takes the histories an earlier run recorded, estimates σ̂ of the
 same noisy crops again with the current estimator and replays the discrepancy rule; the fixed budget,
-the oracle and ES-WMV are kept from the file (written to ``FILE`` with ``_replayed`` added).
+the oracle and ES-WMV are kept from the file (written as benchmark ``<its benchmark>-replayed``, for
+the device that ran the fits).
 
-Writes ``benchmarks/results/stop_rules_<preset>_<size>.json``: per image and rule, PSNR (dB) and
+Writes ``benchmarks/results/stop_rules-<preset>-<size or full>/<device>.json``: per image and rule, PSNR (dB) and
 the iterations it ran; per rule the mean PSNR, the mean and worst gap to the oracle, and the mean
 share of iterations saved against the fixed budget. Core only (no Ray).
 """
 
 import argparse
-import json
-import platform
 import statistics
-import sys
 import time
 from dataclasses import replace
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from pipeline.core.fit import fit  # noqa: E402  (after the sys.path insert: runs from a checkout)
-from pipeline.core.images import Picture, read  # noqa: E402  (after the sys.path insert: runs from a checkout)
-from pipeline.core.metrics import psnr  # noqa: E402  (after the sys.path insert: runs from a checkout)
-from pipeline.core.options import Options  # noqa: E402  (after the sys.path insert: runs from a checkout)
-from pipeline.core.prepare import prepare  # noqa: E402  (after the sys.path insert: runs from a checkout)
-from pipeline.evaluation.suites import DEFAULT_DATA, DENOISE_COLOR  # noqa: E402  (after the sys.path insert: runs from a checkout)
+from benchmarks.common import (
+    RESULTS,
+    ROOT,
+    Device,
+    centre_crop,
+    denoise_color_file,
+    device_name,
+    read_results,
+    write_results,
+)
+from pipeline.core.fit import fit
+from pipeline.core.images import read
+from pipeline.core.metrics import psnr
+from pipeline.core.options import Options
+from pipeline.core.prepare import prepare
+from pipeline.evaluation.suites import DEFAULT_DATA, DENOISE_COLOR
 
 MARGINS = (0.9, 0.95, 1.0, 1.05, 1.1)
-
-
-def crop(picture: Picture, size: int | None) -> Picture:
-    if not size:
-        return picture  # full size
-    top, left = (picture.height - size) // 2, (picture.width - size) // 2
-    return Picture(pixels=picture.pixels[..., top:top + size, left:left + size].contiguous())
 
 
 def replay(history: list[dict], floor: float, margin: float) -> tuple[float, int]:
@@ -64,8 +62,8 @@ def replay(history: list[dict], floor: float, margin: float) -> tuple[float, int
 
 
 def one(name: str, args) -> dict:
-    folder = Path(args.data) / "denoise_color_sigma25"
-    noisy, clean = crop(read(folder / f"{name}_noisy.png"), args.size), crop(read(folder / f"{name}_GT.png"), args.size)
+    noisy = centre_crop(read(denoise_color_file(name, "noisy", args.data)), args.size)
+    clean = centre_crop(read(denoise_color_file(name, "GT", args.data)), args.size)
     options = Options(task="denoise", preset=args.preset, iterations=args.iterations, seed=args.seed,
                       device=args.device)
     job = prepare(noisy, options, reference=clean)
@@ -92,22 +90,20 @@ def one(name: str, args) -> dict:
     return row
 
 
-def replayed(path: Path, data: str) -> dict:
-    """An earlier run's result with σ̂ estimated again and the discrepancy rule replayed."""
+def replayed(recorded: dict, data: str) -> dict:
+    """An earlier run's results with σ̂ estimated again and the discrepancy rule replayed."""
     from pipeline.core.noise import estimate_noise
     from pipeline.core.operators import Denoise
 
-    recorded = json.loads(path.read_text())
-    folder = Path(data) / "denoise_color_sigma25"
     for row in recorded["rows"]:
-        sigma = estimate_noise(crop(read(folder / f"{row['image']}_noisy.png"), recorded["size"]).pixels).sigma
+        noisy = centre_crop(read(denoise_color_file(row["image"], "noisy", data)), recorded["size"])
+        sigma = estimate_noise(noisy.pixels).sigma
         floor = Denoise().noise_floor(sigma / 255)
         row["noise_sigma_recorded"], row["noise_sigma"] = row["noise_sigma"], sigma
         for margin in MARGINS:
             psnr_at, iteration = replay(row["history"], floor, margin)
             row["rules"][f"discrepancy@{margin:g}"] = {"psnr": round(psnr_at, 3), "iterations": int(iteration)}
     recorded["summary"] = summarise(recorded["rows"], recorded["iterations"])
-    recorded["replayed_from"] = str(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path)
     return recorded
 
 
@@ -133,31 +129,31 @@ def main() -> None:
     parser.add_argument("--data", default=str(DEFAULT_DATA))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--out", default=None)
-    parser.add_argument("--replay", default=None, help="an earlier result: replay its histories, fit nothing")
+    parser.add_argument("--results-dir", type=Path, default=RESULTS)
+    parser.add_argument("--replay", type=Path, default=None,
+                        help="an earlier results file: replay its histories, fit nothing")
     args = parser.parse_args()
     if args.replay:
-        source = Path(args.replay).resolve()
-        result = replayed(source, args.data)
-        out = Path(args.out or source.with_name(source.stem + "_replayed.json"))
-        out.write_text(json.dumps(result, indent=1) + "\n")
+        source = read_results(args.replay)
+        result = replayed(source["results"], args.data)
+        path = args.replay.resolve()
+        result["replayed_from"] = {"file": str(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path),
+                                   "commit": source["commit"], "date": source["date"]}
+        out = write_results(f"{source['benchmark']}-replayed", Device(source["device"], source["device_description"]),
+                            result, root=args.results_dir)
         for rule, figures in result["summary"].items():
             print(f"{rule:>18}: {figures}")
         print(f"wrote {out}")
         return
     torch.set_num_threads(args.threads)
-    tag = "" if not args.device.startswith("cuda") else "_" + torch.cuda.get_device_name().lower().replace(" ", "-")
-    name = f"stop_rules_{args.preset}_{args.size or 'full'}{tag}.json"
-    out = Path(args.out or ROOT / "benchmarks" / "results" / name)
+    benchmark = f"stop_rules-{args.preset}-{args.size or 'full'}"
+    device = device_name(args.device)
     rows = []
     for name in args.images.split(","):  # rewritten after every image: a run stopped at a time limit keeps its rows
         rows.append(one(name, args))
         result = {"preset": args.preset, "size": args.size, "iterations": args.iterations, "seed": args.seed,
-                  "summary": summarise(rows, args.iterations), "rows": rows,
-                  "machine": (torch.cuda.get_device_name() if args.device.startswith("cuda") else
-                              f"{platform.machine()}, {args.threads} torch thread(s) on the 2-core build machine"),
-                  "torch": torch.__version__}
-        out.write_text(json.dumps(result, indent=1) + "\n")
+                  "threads": args.threads, "summary": summarise(rows, args.iterations), "rows": rows}
+        out = write_results(benchmark, device, result, root=args.results_dir)
     for rule, figures in result["summary"].items():
         print(f"{rule:>18}: {figures}")
     print(f"wrote {out}")

@@ -1,1 +1,1 @@
-"""The DIP library: torch, numpy, Pillow and scikit-image only (see the README's module table)."""
+"""The DIP library: torch, numpy, Pillow and scikit-image only (the module map: docs/architecture.md)."""

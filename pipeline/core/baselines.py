@@ -44,9 +44,9 @@ def _gradient_magnitude(x: Tensor, eps: float) -> Tensor:
 
 
 # The TV prior's weights, chosen on a calibration set disjoint from every evaluation image
-# (benchmarks/tv_calibration.py: crops of zebra, snail, building, monkey, barbara and the no-flash
-# cave photo; benchmarks/results/tv_calibration.json). Denoising: scikit-image's ROF weight per unit
-# of the noise's sigma (both in [0, 1] units) at sigma 15, 25 and 50 (0-255 units), interpolated
+# (crops of zebra, snail, building, monkey, barbara and the no-flash cave photo; written up in
+# docs/experiments/tv-calibration.md, its script in git history). Denoising: scikit-image's ROF weight
+# per unit of the noise's sigma (both in [0, 1] units) at sigma 15, 25 and 50 (0-255 units), interpolated
 # between them and held beyond; the others: lambda on the summed squared data term ("other": JPEG, not
 # calibrated, takes super-resolution's).
 TV_DENOISE_PER_SIGMA = {15: 0.6, 25: 0.6, 50: 0.7}

@@ -40,7 +40,7 @@ than 7 px that are not straight lines (hairs, fibres, stains), faint specks on b
 heavy grain (a speck of one or two pixels needs several times the grain's contrast); it takes
 straight thin natural lines (grooves, wires, a panel's edge) for scratches when they are long, even
 and not one of a family, and dark details of the picture (a letter, a knot) for dust where they
-stand alone. ``benchmarks/archive.py`` measures precision and recall on the ``archive-synthetic`` suite.
+stand alone. ``python -m benchmarks.archive`` measures precision and recall on the ``archive-synthetic`` suite.
 """
 
 from __future__ import annotations

@@ -42,7 +42,7 @@ class EngineConfig:
 
         CUDA: everything on. The CPU: everything off (measured on 2 shared cores, torch 2.13: bf16
         autocast made the paper's net 60x slower, channels_last was no faster, torch.compile took
-        minutes to start; see the README's "Measured"); only the per-iteration host sync is dropped.
+        minutes to start; see docs/experiments/fit-engine.md); only the per-iteration host sync is dropped.
         """
         if torch.device(device).type == "cuda":
             return cls(autocast_bf16=True, channels_last=True, compile=True, cuda_graphs=True, fused_adam=True,

@@ -52,7 +52,7 @@ IMAGE_COPIES = 3  # the output, its moving average (EMA), the observation (at mo
 # Host memory of the work on the whole image besides the fits, in float32 [H, W] planes of the
 # observation (``image_work_parts``). Measured as the rise of the resident memory (psutil polled
 # every 20 ms, and a forked child's ru_maxrss) over a synthetic 4000x3000 16-bit scan
-# (``benchmarks/scan_memory.py``'s make_scan), torch 2.13, numpy 2.4, scikit-image 0.26:
+# (``python -m benchmarks.scan_memory``'s make_scan), torch 2.13, numpy 2.4, scikit-image 0.26:
 # ``archive_mask`` (``detect_defects``: a float64 copy of the image, its luminance, the top-hats and
 # their scores) +1451 MiB on RGB = 31.7 planes, +1335 MiB on grey = 29.2 planes, 85 MiB left after
 # it (the mask and the allocator's rest); ``noise_sigma_of`` one channel at a time +529 MiB = 11.6

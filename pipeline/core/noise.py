@@ -1,6 +1,6 @@
 """The noise level of an image without ground truth: σ̂, in 0-255 units, per channel and overall.
 
-Two estimators, measured on the suite's images by ``benchmarks/archive.py``:
+Two estimators, measured on the suite's images by ``python -m benchmarks.archive``:
 
 - Images large enough (``MIN_BLOCKS`` usable blocks, 192x192 px and up): the principal
   components of the patches of the image's flattest blocks (Chen, Zhu, Heng, "An Efficient
@@ -23,7 +23,7 @@ Two estimators, measured on the suite's images by ``benchmarks/archive.py``:
   Among blocks of equal texture the ranking takes those whose noise happens to be weakest, so on a
   smooth gradient σ̂ comes out 7-9% low (σ 5-25). That errs on the side the discrepancy rule can
   afford: a σ̂ too low stops it later, towards the fixed budget, while one 5% too high put it 1.6 dB
-  below the oracle at full size (``benchmarks/stop_rules.py``). Ranking on one half of each block
+  below the oracle at full size (``python -m benchmarks.stop_rules``). Ranking on one half of each block
   and estimating on the other removes the bias, but then σ̂ reads +14% at σ 5 on the suite's images
   instead of +9%.
 

@@ -12,7 +12,7 @@ from functools import lru_cache
 
 from .config import NET_VARIANTS, EarlyStopConfig, FitConfig, NetConfig
 
-# task -> what it restores (used in help texts and the README)
+# task -> what it restores (used in help texts and the docs)
 TASKS = {
     "denoise": "Gaussian or unknown noise (A = identity)",
     "sr": "super-resolution by an integer scale (A = Lanczos-2 downsampler)",
@@ -27,8 +27,8 @@ TASKS = {
 INPUT_KINDS = ("noise", "meshgrid", "image")
 
 # The early-stopping rule a task uses when --early-stop is on and --stop-rule is not given, and the
-# discrepancy rule's margin: measured by benchmarks/stop_rules.py on the sigma-25 colour denoising
-# suite (README, "Tasks and presets"). Other tasks keep the moving-variance detector (not measured).
+# discrepancy rule's margin: measured by python -m benchmarks.stop_rules on the sigma-25 colour denoising
+# suite (docs/experiments/stopping-rule.md). Other tasks keep the moving-variance detector (not measured).
 DEFAULT_STOP_RULE = {"denoise": "discrepancy", "archive": "discrepancy"}
 DISCREPANCY_MARGIN = 0.95  # stop once the residual RMS is 0.95 sigma-hat (clipping keeps it below sigma)
 

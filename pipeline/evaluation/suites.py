@@ -21,7 +21,7 @@
     folder            every image under ``data`` (a folder or prefix of clean images), degraded by
                       ``degradation`` (required).
 
-Only the standard library is imported, so that ``benchmarks/paper_tables.py`` can read the
+Only the standard library is imported, so that ``benchmarks.paper_tables`` can read the
 paper's figures and image lists on a GPU machine without pyarrow, fsspec or Ray, and the ``dip``
 command's help without torch.
 """

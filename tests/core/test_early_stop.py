@@ -1,16 +1,10 @@
-import importlib.util
-from pathlib import Path
-
 import pytest
 import torch
 
 from pipeline.core.early_stop import EarlyStopConfig, MovingVariance
 from pipeline.core.fit import FitConfig, fit
-from pipeline.core.metrics import psnr
 from pipeline.core.nets import NET_VARIANTS, build_net, grid_size, make_input
 from pipeline.core.operators import Denoise
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def feed(detector: MovingVariance, curve, every: int = 1) -> int | None:
@@ -99,24 +93,3 @@ def test_each_image_of_a_pack_has_its_own_detector():
 def test_bad_detector_settings_are_named(field, value):
     with pytest.raises(ValueError, match=field):
         EarlyStopConfig(**{field: value})
-
-
-def test_replaying_a_recorded_fit_reproduces_the_live_detector():
-    spec = importlib.util.spec_from_file_location("early_stop_replay", ROOT / "benchmarks" / "early_stop_replay.py")
-    replay = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(replay)
-
-    h = w = 32
-    clean = torch.linspace(0.2, 0.8, h * w).reshape(1, 1, h, w).expand(1, 3, h, w).contiguous()
-    noisy = Denoise(50).degrade(clean, torch.Generator().manual_seed(0))
-    net_config = NET_VARIANTS["tiny"]
-    z = make_input("noise", 32, *grid_size(h, w, net_config.depth), torch.Generator().manual_seed(0))
-    torch.manual_seed(0)
-    detector = EarlyStopConfig(window=20, patience=60, start=30, tolerance=0.01, dry_run=True)
-    config = FitConfig(iterations=600, lr=0.01, reg_noise_std=1 / 30, ema=0.9, check_every=1, early_stop=detector)
-    live = fit(build_net(net_config), z, Denoise(), noisy, config, reference=clean)
-    assert live.stopped_early and live.fired_at < 600
-
-    stop, psnr_early = replay.replay(live.history, 600, detector)
-    assert stop == live.fired_at
-    assert psnr_early == pytest.approx(psnr(live.image, clean), abs=1e-3)

@@ -1,7 +1,6 @@
 import pytest
 import torch
 
-from benchmarks.plain_dip import lanczos2_downsampler  # the authors' Downsampler, transcribed
 from pipeline.core.features import feature_extractor
 from pipeline.core.operators import (
     Denoise,
@@ -14,6 +13,7 @@ from pipeline.core.operators import (
     lanczos2_kernel,
     parse_degradation,
 )
+from tests.plain_dip import lanczos2_downsampler  # the authors' Downsampler, transcribed
 
 H, W = 37, 31  # odd sizes catch shape bugs
 

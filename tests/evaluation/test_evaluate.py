@@ -1,12 +1,9 @@
 """Evaluation suites: the manifests they build, and a reduced suite end to end (dip evaluate + dip report)."""
 
 import csv
-import importlib.util
 import io
 import json
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -248,50 +245,6 @@ def test_evaluate_refuses_bad_arguments_before_starting(tmp_path):
     outcome = CliRunner().invoke(main, ["evaluate", "set5-x4", "--data", str(tmp_path / "nothing"), "--output",
                                         str(tmp_path / "out")])
     assert outcome.exit_code == EXIT_NOT_STARTED and "baby_GT.png is missing" in outcome.output
-
-
-def test_paper_tables_script_imports_only_the_core():
-    code = ("import sys; sys.argv = ['x']; import runpy; "
-            "runpy.run_path('benchmarks/paper_tables.py', run_name='probe');"
-            "print(sorted(m for m in ('ray', 'fsspec', 'click', 'pyarrow', 's3fs', 'rich', 'matplotlib')"
-            " if m in sys.modules))")
-    found = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
-    assert found.stdout.strip() == "[]", found.stdout + found.stderr
-
-
-def load_paper_tables():
-    spec = importlib.util.spec_from_file_location("paper_tables", ROOT / "benchmarks" / "paper_tables.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_paper_tables_runs_the_paper_presets_on_the_core(tmp_path):
-    paper_tables = load_paper_tables()
-    data = fake_data(tmp_path / "data", width=36, height=28)
-    out = paper_tables.main(["--data", str(data), "--device", "cpu", "--limit", "1", "--iterations", "2",
-                             "--out", str(tmp_path / "tables.json")])
-    report = json.loads(out.read_text())
-    assert report["device"] == "cpu" and report["stopped"] is None and report["not_run"] == []
-    baby, f16 = report["images"]
-    assert (baby["suite"], baby["image"], baby["iterations"], baby["preset"]) == ("set5-x4", "baby", 2, "sr-x4")
-    assert (baby["width"], baby["height"]) == (36, 28) and baby["psnr_y_tv"] is not None
-    assert (f16["image"], f16["preset"], f16["psnr_tv"]) == ("F16", "denoise", None)  # no TV figure for denoising
-    set5 = report["suites"]["set5-x4"]
-    assert set5["complete"] and set5["vs_paper"]["bicubic"] == {
-        "paper": 28.43, "ours": round(baby["psnr_y_baseline"], 3), "metric": "psnr_y_baseline",
-        "difference": round(round(baby["psnr_y_baseline"], 3) - 28.43, 3)}
-    assert paper_tables.slug("NVIDIA H100 80GB HBM3") == "nvidia-h100-80gb-hbm3"
-
-
-def test_paper_tables_records_what_its_time_budget_left_out(tmp_path):
-    paper_tables = load_paper_tables()
-    data = fake_data(tmp_path / "data", width=36, height=28)
-    out = paper_tables.main(["--data", str(data), "--device", "cpu", "--limit", "2", "--time-budget", "0",
-                             "--out", str(tmp_path / "none.json")])
-    report = json.loads(out.read_text())
-    assert report["images"] == [] and report["stopped"].startswith("time budget")
-    assert report["not_run"] == ["set5-x4/baby", "set5-x4/bird", "denoise-color-25/F16", "denoise-color-25/baboon"]
 
 
 def evaluate_and_report(args: list[str], output: Path):
