@@ -235,6 +235,17 @@ def s3_bucket(s3_server):
     yield f"s3://{name}"
 
 
+INTEGRATION_FIXTURES = {"s3_server", "s3_bucket", "ray_local", "ray_head"}  # a test using one is an integration test
+
+
+def pytest_collection_modifyitems(items):
+    """Mark ``integration`` every test that uses the S3 server or Ray through a fixture (modules that
+    start them otherwise mark themselves), so that ``make test-fast`` can leave them out."""
+    for item in items:
+        if INTEGRATION_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.integration)
+
+
 @pytest.fixture(scope="session")
 def ray_local():
     """A real local Ray (2 CPUs, no dashboard) for the whole session, shut down at the end."""

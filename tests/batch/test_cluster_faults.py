@@ -38,6 +38,8 @@ from tests.batch.cluster import LocalCluster
 from tests.batch.test_job import png_bytes
 from tests.batch.test_manifest import write_manifest
 
+pytestmark = pytest.mark.cluster
+
 ROOT = Path(__file__).resolve().parents[2]
 SIZE = 48
 FIT = ["--preset", "cpu-small", "--device", "cpu", "--resources-per-fit", json.dumps({"fit_slot": 1})]

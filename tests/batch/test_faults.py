@@ -20,6 +20,7 @@ from pipeline.batch import results
 from tests.batch.test_job import png_bytes
 from tests.batch.test_manifest import write_manifest
 
+pytestmark = pytest.mark.integration  # each test's dip run starts a local Ray of its own
 ROOT = Path(__file__).resolve().parents[2]
 IMAGES = 4
 

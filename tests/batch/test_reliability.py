@@ -270,7 +270,8 @@ def start_run(manifest: str, output: str, iterations: int) -> subprocess.Popen:
     return subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
 
-def test_a_second_run_or_a_compaction_on_a_busy_output_is_refused_naming_the_holder(ray_local, tmp_path):
+@pytest.mark.integration  # the first run, a subprocess, starts a local Ray
+def test_a_second_run_or_a_compaction_on_a_busy_output_is_refused_naming_the_holder(tmp_path):
     manifest = write_manifest(str(tmp_path / "m.parquet"), good_rows(tmp_path))
     out = tmp_path / "out"
     first = start_run(manifest, str(out), iterations=400)

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from click.testing import CliRunner
 from PIL import Image
 
@@ -154,6 +155,7 @@ def test_threads_follow_the_image_size_unless_asked():
     assert choose_threads(10**9) == len(__import__("os").sched_getaffinity(0)) >= choose_threads(4 * PIXELS_PER_THREAD)
 
 
+@pytest.mark.integration  # a dip run subprocess with a local Ray of its own
 def test_dip_run_on_a_terminal_prints_its_own_lines_only_and_logs_ray_s(tmp_path):
     # A real local Ray, started by the command itself: its log lines (the token notice, Ray Data's
     # plan, the core worker's) go to the run's Ray log, not to the terminal.

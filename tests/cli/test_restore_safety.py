@@ -104,6 +104,7 @@ def test_restore_from_s3_without_credentials_says_so_in_one_line(s3_server, s3_b
     assert len(done.stderr.strip().splitlines()) == 1 and "no credentials" in done.stderr, done.stderr
 
 
+@pytest.mark.integration  # its dip run starts a local Ray
 def test_the_local_ray_token_is_private_to_its_owner(tmp_path):
     """`dip run` on a local Ray: the token Ray writes (with the umask, 0644) is made 0600."""
     home = tmp_path / "home"
